@@ -1,0 +1,5 @@
+import sys
+
+from resnetkit.cli import main
+
+sys.exit(main())

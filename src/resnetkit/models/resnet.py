@@ -1,0 +1,227 @@
+"""The ResNet generator: a root, a list of Blocks stacked densely (TF-slim's `stack_blocks_dense`),
+an optional post-norm (v2) and a head. Tensors are NCHW throughout.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetkit.layers import MaxPool2dSame, conv2d_same
+from resnetkit.models.blocks import Block
+from resnetkit.models.units import ConvBn, batch_norm
+
+ROOTS = ("imagenet", "cifar")
+ROOT_POOLS = ("same", "torch", "keras", "none")
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+class ZeroPadMaxPool(nn.Module):
+    """Keras' root pool: ZeroPadding2D(1) then a 3x3/2 'VALID' max pool (zeros CAN win here)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.pad(x, (1, 1, 1, 1)), 3, 2)
+
+
+class ResNet(nn.Module):
+    """A residual network built from Block specs.
+
+    Args:
+        blocks: the body, a list of `Block(scope, unit_fn, args)`.
+        num_classes: size of the 1x1-conv logits layer; None returns features (no logits).
+        global_pool: average over space before the logits (False: fully convolutional).
+        output_stride: the ratio of input to output resolution; strides beyond it become atrous rates
+            on the 3x3 convolutions (slim's rules: a multiple of the root's stride of 4, and a
+            ValueError when it cannot be reached).
+        include_root_block: False starts directly with the blocks (inputs must have block1's depth or
+            any depth: the first unit adapts).
+        spatial_squeeze: squeeze (N, K, 1, 1) logits to (N, K).
+        root: 'imagenet' (7x7/2 conv + 3x3/2 pool) or 'cifar' (3x3/1 conv, no pool).
+        root_pool: 'same' (TF 'SAME', slim), 'torch' (symmetric padding 1, torchvision),
+            'keras' (zero padding 1), or 'none'.
+        preact: v2 layout: root conv with a bias and no BN/ReLU, a BN+ReLU 'postnorm' after the blocks.
+        in_chans: input channels. root_depth: channels of the root conv.
+        scope: prefix of end point names ('resnet_v2_50').
+        shortcut: 'A', 'B' or 'C' (paper, section 4.1) for every unit; None keeps each unit's default.
+        unit_kwargs: more options passed to every unit_fn that accepts them (bn_eps, bn_momentum).
+        zero_init_residual: start each residual branch's last layer at zero (Goyal et al. 2017).
+        drop_rate: dropout before the logits.
+    """
+
+    def __init__(self, blocks: Sequence[Block], *, num_classes: int | None = 1000, global_pool: bool = True,
+                 output_stride: int | None = None, include_root_block: bool = True,
+                 spatial_squeeze: bool = True, root: str = "imagenet", root_pool: str = "same",
+                 preact: bool = False, in_chans: int = 3, root_depth: int = 64, scope: str = "resnet",
+                 shortcut: str | None = None, unit_kwargs: dict | None = None, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1, zero_init_residual: bool = False, drop_rate: float = 0.0):
+        super().__init__()
+        if root not in ROOTS:
+            raise ValueError(f"root must be one of {ROOTS}, got {root!r}")
+        if root_pool not in ROOT_POOLS:
+            raise ValueError(f"root_pool must be one of {ROOT_POOLS}, got {root_pool!r}")
+        self.scope, self.num_classes, self.global_pool = scope, num_classes, global_pool
+        self.spatial_squeeze, self.preact, self.drop_rate = spatial_squeeze, preact, drop_rate
+        self.output_stride = output_stride
+        bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+
+        # --- root: (N, in_chans, H, W) -> (N, root_depth, H/4, W/4) for ImageNet, H/1 for CIFAR
+        root_stride = 1
+        if include_root_block:
+            k, s = (7, 2) if root == "imagenet" else (3, 1)
+            if preact:
+                self.conv1 = conv2d_same(in_chans, root_depth, k, s, bias=True)
+            else:
+                self.conv1 = ConvBn(in_chans, root_depth, k, s, **bn)
+            root_stride = s
+            self.pool1 = None
+            if root == "imagenet" and root_pool != "none":
+                self.pool1 = {"same": MaxPool2dSame(3, 2), "torch": nn.MaxPool2d(3, 2, 1),
+                              "keras": ZeroPadMaxPool()}[root_pool]
+                root_stride *= 2
+            depth = root_depth
+        else:
+            self.conv1 = self.pool1 = None
+            depth = in_chans
+        self.include_root_block = include_root_block
+
+        if output_stride is not None:
+            if output_stride % root_stride != 0:
+                raise ValueError(f"output_stride must be a multiple of {root_stride} (the root block's "
+                                 f"stride), got {output_stride}")
+            target = output_stride // root_stride
+        else:
+            target = None
+
+        # --- body: slim's stack_blocks_dense, deciding strides and rates at build time
+        unit_kwargs = dict(bn, **(unit_kwargs or {}))
+        if shortcut is not None:
+            unit_kwargs["shortcut"] = shortcut
+        self.blocks = nn.Sequential()
+        self.feature_info = []
+        current_stride, rate = 1, 1
+        for block in blocks:
+            units = nn.Sequential()
+            for i, args in enumerate(block.args):
+                args = dict(args)
+                stride = args.pop("stride", 1)
+                kw = {k: v for k, v in unit_kwargs.items() if _accepts(block.unit_fn, k)}
+                if target is not None and current_stride == target:
+                    # Past the target stride: keep resolution, dilate the following 3x3 convs instead.
+                    if stride > 1 and _accepts(block.unit_fn, "output_rate"):
+                        kw["output_rate"] = rate * stride
+                    unit = block.unit_fn(depth, stride=1, rate=rate, **args, **kw)
+                    rate *= stride
+                else:
+                    unit = block.unit_fn(depth, stride=stride, rate=1, **args, **kw)
+                    current_stride *= stride
+                    if target is not None and current_stride > target:
+                        raise ValueError(f"the target output_stride {output_stride} cannot be reached")
+                depth = getattr(unit, "out_channels", args.get("depth"))
+                units.add_module(f"unit_{i + 1}", unit)
+            self.blocks.add_module(block.scope, units)
+            self.feature_info.append(dict(num_chs=depth, reduction=root_stride * current_stride,
+                                          module=f"blocks.{block.scope}"))
+        if target is not None and current_stride != target:
+            raise ValueError(f"the target output_stride {output_stride} cannot be reached (the blocks "
+                             f"stride by {root_stride * current_stride} in all)")
+
+        self.postnorm = batch_norm(depth, bn_eps, bn_momentum) if preact else None
+        self.num_features = depth
+        self.logits = nn.Conv2d(depth, num_classes, 1) if num_classes else None
+        self._init_weights(zero_init_residual)
+
+    # ------------------------------------------------------------------ init
+    def _init_weights(self, zero_init_residual: bool) -> None:
+        """He et al. 2015 ('MSRA') init for convolutions; BN at identity; logits keep PyTorch's default."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m is not self.logits:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                last = getattr(m, "last_layer", None)
+                if last is not None:
+                    last = last()
+                    target = last.bn if isinstance(last, ConvBn) else last
+                    nn.init.zeros_(target.weight)
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W) -> (N, num_features, H/s, W/s), s the output stride (32 by default)."""
+        if self.conv1 is not None:
+            x = self.conv1(x)
+            if self.pool1 is not None:
+                x = self.pool1(x)
+        x = self.blocks(x)
+        if self.postnorm is not None:
+            x = F.relu(self.postnorm(x))
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Features -> logits: (N, K) after a global pool, (N, K, h, w) when fully convolutional."""
+        if self.global_pool:
+            x = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
+        if self.drop_rate:
+            x = F.dropout(x, self.drop_rate, self.training)
+        if pre_logits or self.logits is None:
+            return x.flatten(1) if self.global_pool and self.spatial_squeeze else x
+        if self.global_pool and self.spatial_squeeze:
+            # Same arithmetic as the 1x1 conv, as a matmul: (N, C) @ (C, K).
+            return F.linear(x.flatten(1), self.logits.weight.flatten(1), self.logits.bias)
+        return self.logits(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_end_points(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Like TF-slim: returns (net, end_points) keyed by slim's names ('<scope>/block1/unit_1/...')."""
+        ep: dict[str, torch.Tensor] = {}
+        s = self.scope
+        if self.conv1 is not None:
+            x = self.conv1(x)
+            ep[f"{s}/conv1"] = x
+            if self.pool1 is not None:
+                x = self.pool1(x)
+        for bname, block in self.blocks.named_children():
+            for uname, unit in block.named_children():
+                prefix = f"{s}/{bname}/{uname}/"
+                if _accepts(unit.forward, "end_points"):
+                    x = unit(x, end_points=ep, prefix=prefix)
+                else:  # a user's unit that records no end points of its own
+                    x = unit(x)
+                    ep[prefix.rstrip("/")] = x
+            ep[f"{s}/{bname}"] = x
+        if self.postnorm is not None:
+            x = F.relu(self.postnorm(x))
+        if self.global_pool:
+            x = x.mean((2, 3), keepdim=True)
+            ep["global_pool"] = x
+        if self.logits is not None:
+            x = self.logits(F.dropout(x, self.drop_rate, self.training) if self.drop_rate else x)
+            ep[f"{s}/logits"] = x
+            if self.spatial_squeeze and x.shape[-2:] == (1, 1):
+                x = x.flatten(1)
+                ep[f"{s}/spatial_squeeze"] = x
+            ep["predictions"] = torch.softmax(x, dim=1)
+        return x, ep
+
+    def reset_classifier(self, num_classes: int | None) -> None:
+        """Replace the logits layer (None removes it)."""
+        self.num_classes = num_classes
+        self.logits = nn.Conv2d(self.num_features, num_classes, 1) if num_classes else None
+

@@ -1,0 +1,226 @@
+"""The model library: every registered variant, block specs, end points, output_stride."""
+
+import pytest
+import torch
+from tests.conftest import randomize_bn
+from torch import nn
+
+import resnetkit
+from resnetkit.models import (
+    Block,
+    ResNet,
+    basic_v1_block,
+    basic_v2_block,
+    model_defaults,
+    resnet_v1_block,
+    resnet_v2_block,
+    units,
+)
+from resnetkit.models.profile import count_params
+
+ALL = resnetkit.list_models()
+# Too slow to backprop at every commit on 2 cores; their forward is still checked at a small size.
+HEAVY = {"resnet1202", "preact_resnet1001", "resnet_v1_200", "resnet_v2_200", "resnet152", "resnet_v1_152",
+         "resnet_v2_152"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_every_model(name):
+    d = model_defaults(name)
+    size = 32 if d["input_size"] == 32 else 64
+    model = resnetkit.create_model(name, num_classes=7)
+    x = torch.randn(2, 3, size, size)
+    if name in HEAVY:
+        # Train-mode BN: at init, eval-mode stats (0, 1) let 300+ pre-activation units overflow.
+        with torch.no_grad():
+            out = model(x)
+        assert out.shape == (2, 7) and torch.isfinite(out).all()
+        return
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in grads)
+    assert torch.isfinite(torch.cat([g.flatten() for g in grads])).all()
+    feats = model.forward_features(x)
+    assert feats.shape[1] == model.num_features
+    torch.testing.assert_close(model.forward_head(feats), model(x))
+
+
+# Published sizes: torchvision's exact counts; He et al. 2015 Table 6 and He et al. 2016 Table 3.
+EXACT = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
+         "resnet152": 60_192_808}
+PAPER_M = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7,
+           "resnet1202": 19.4, "preact_resnet110": 1.7, "preact_resnet164": 1.7}
+
+
+@pytest.mark.parametrize("name,count", EXACT.items())
+def test_torchvision_parameter_counts(name, count):
+    with torch.device("meta"):
+        assert count_params(resnetkit.create_model(name)) == count
+
+
+@pytest.mark.parametrize("name,millions", PAPER_M.items())
+def test_paper_parameter_counts(name, millions):
+    with torch.device("meta"):
+        n = count_params(resnetkit.create_model(name))
+    assert round(n / 1e6, 2 if millions < 1 else 1) == millions
+
+
+def test_preact_resnet1001_conv_weights_match_paper():
+    # The paper's 10.2M counts convolution and classifier weights; BN and the v2 biases add ~0.2M.
+    with torch.device("meta"):
+        m = resnetkit.create_model("preact_resnet1001")
+    weights = sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight") and p.dim() > 1)
+    assert round(weights / 1e6, 1) == 10.2
+
+
+def test_plain_nets_have_same_layers_as_residual_but_no_shortcuts():
+    plain, res = resnetkit.create_model("plain20"), resnetkit.create_model("resnet20")
+    assert count_params(plain) == count_params(res)  # option A shortcuts have no parameters
+    assert not any(u.has_shortcut for u in plain.modules() if isinstance(u, units._Unit))
+    x = torch.randn(1, 3, 32, 32)
+    plain.load_state_dict(res.state_dict())
+    assert not torch.allclose(plain.eval()(x), res.eval()(x))
+
+
+def tiny_blocks(version):
+    make = resnet_v1_block if version == 1 else resnet_v2_block
+    return [make("block1", 1, 2, 2), make("block2", 2, 2, 2), make("block3", 4, 2, 2), make("block4", 8, 2, 1)]
+
+
+def test_end_point_names_of_a_tiny_net():
+    model = ResNet(tiny_blocks(2), num_classes=5, preact=True, scope="resnet_v2_tiny").eval()
+    _, ep = model.forward_end_points(torch.randn(1, 3, 32, 32))
+    s = "resnet_v2_tiny"
+    for name in [f"{s}/conv1", f"{s}/block1/unit_1/bottleneck_v2/shortcut",
+                 f"{s}/block1/unit_1/bottleneck_v2/conv1", f"{s}/block1/unit_1/bottleneck_v2/conv2",
+                 f"{s}/block1/unit_1/bottleneck_v2/conv3", f"{s}/block1/unit_1/bottleneck_v2",
+                 f"{s}/block1", f"{s}/block4", "global_pool", f"{s}/logits", f"{s}/spatial_squeeze",
+                 "predictions"]:
+        assert name in ep, name
+    # identity units record no shortcut end point (slim only collects the projection conv)
+    assert f"{s}/block1/unit_2/bottleneck_v2/shortcut" not in ep
+    assert ep["predictions"].shape == (1, 5)
+    torch.testing.assert_close(ep["predictions"].sum(1), torch.ones(1))
+
+
+def block_shapes(model, h, w=None):
+    _, ep = model.forward_end_points(torch.randn(1, 3, h, w or h))
+    return {k.split("/")[-1]: tuple(v.shape[2:]) for k, v in ep.items() if k.count("/") == 1
+            and k.split("/")[-1].startswith("block")}
+
+
+def test_end_point_shapes_classification_224():
+    model = ResNet(tiny_blocks(1), num_classes=10).eval()
+    assert block_shapes(model, 224) == {"block1": (28, 28), "block2": (14, 14), "block3": (7, 7),
+                                        "block4": (7, 7)}
+
+
+def test_end_point_shapes_fully_convolutional_321():
+    model = ResNet(tiny_blocks(2), num_classes=10, global_pool=False, preact=True).eval()
+    assert block_shapes(model, 321) == {"block1": (41, 41), "block2": (21, 21), "block3": (11, 11),
+                                        "block4": (11, 11)}
+    assert model(torch.randn(1, 3, 321, 321)).shape == (1, 10, 11, 11)
+
+
+def test_end_point_shapes_rootless_128():
+    model = ResNet(tiny_blocks(1), num_classes=None, include_root_block=False).eval()
+    assert block_shapes(model, 128) == {"block1": (64, 64), "block2": (32, 32), "block3": (16, 16),
+                                        "block4": (16, 16)}
+
+
+def test_end_point_shapes_atrous_output_stride_8():
+    model = ResNet(tiny_blocks(1), num_classes=None, global_pool=False, output_stride=8).eval()
+    assert block_shapes(model, 224) == {"block1": (28, 28), "block2": (28, 28), "block3": (28, 28),
+                                        "block4": (28, 28)}
+
+
+def atrous_blocks(kind):
+    if kind == "bottleneck_v1":
+        return [resnet_v1_block(f"block{i + 1}", 2, 2, 2) for i in range(3)] + [resnet_v1_block("block4", 2, 2, 1)]
+    if kind == "bottleneck_v2":
+        return [resnet_v2_block(f"block{i + 1}", 2, 2, 2) for i in range(3)] + [resnet_v2_block("block4", 2, 2, 1)]
+    make = basic_v1_block if kind == "basic_v1" else basic_v2_block
+    # stride first (torchvision's placement) to exercise the dilation of the second 3x3
+    return [make(f"block{i + 1}", 4, 2, 2, stride_first=True) for i in range(3)] + [make("block4", 4, 2, 1)]
+
+
+@pytest.mark.parametrize("kind", ["bottleneck_v1", "bottleneck_v2", "basic_v1", "basic_v2"])
+@pytest.mark.parametrize("size", [17, 20])
+@pytest.mark.parametrize("root", [False, True])
+def test_atrous_dense_output_subsampled_equals_nominal(kind, size, root):
+    preact = kind.endswith("v2")
+    nominal = 8 * (4 if root else 1)
+    strides = [4, 8, 16, 32] if root else [1, 2, 4, 8]
+    size = size * 4 if root else size
+    x = torch.randn(2, 3, size, size)
+    ref_model = randomize_bn(ResNet(atrous_blocks(kind), num_classes=None, global_pool=False,
+                                    include_root_block=root, preact=preact)).eval()
+    expected = ref_model(x)
+    for os_ in strides:
+        model = ResNet(atrous_blocks(kind), num_classes=None, global_pool=False, include_root_block=root,
+                       preact=preact, output_stride=os_).eval()
+        model.load_state_dict(ref_model.state_dict())
+        with torch.no_grad():
+            out = model(x)
+        factor = nominal // os_
+        torch.testing.assert_close(out[:, :, ::factor, ::factor], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("output_stride,match", [(6, "multiple of 4"), (64, "cannot be reached")])
+def test_impossible_output_stride(output_stride, match):
+    with pytest.raises(resnetkit.UserError, match=match):
+        resnetkit.create_model("resnet_v2_50", output_stride=output_stride)
+    with pytest.raises(ValueError, match=match):
+        ResNet(tiny_blocks(2), output_stride=output_stride)
+
+
+def test_unknown_model_suggests_close_names():
+    with pytest.raises(resnetkit.UserError, match="did you mean resnet_v2_50"):
+        resnetkit.create_model("resnet_v2_5")
+
+
+def test_user_defined_unit_fn():
+    class SE(nn.Module):  # a user's own unit: any callable with (in_depth, depth, stride, rate)
+        def __init__(self, in_depth, depth, stride=1, rate=1):
+            super().__init__()
+            self.conv = nn.Conv2d(in_depth, depth, 3, stride, padding=rate, dilation=rate)
+            self.out_channels = depth
+
+        def forward(self, x):
+            return torch.relu(self.conv(x))
+
+    blocks = [Block("block1", SE, [dict(depth=8, stride=2), dict(depth=8, stride=1)]),
+              Block("block2", units.basic_v1, [dict(depth=16, stride=2)])]
+    model = ResNet(blocks, num_classes=3, root="cifar", root_depth=4)
+    out, ep = model.forward_end_points(torch.randn(2, 3, 16, 16))
+    assert out.shape == (2, 3)
+    assert ep["resnet/block1/unit_1"].shape == (2, 8, 8, 8)
+    assert ep["resnet/block2/unit_1/basic_v1"].shape == (2, 16, 4, 4)
+
+
+@pytest.mark.parametrize("shortcut,extra", [("A", 0), ("B", 16 * 32 + 32 * 64 + 2 * (32 + 64)),
+                                            ("C", None)])
+def test_shortcut_options(shortcut, extra):
+    base = count_params(resnetkit.create_model("resnet20"))
+    n = count_params(resnetkit.create_model("resnet20", shortcut=shortcut))
+    if extra is None:
+        assert n > base + 16 * 32 + 32 * 64
+    else:
+        assert n == base + extra
+
+
+def test_config_round_trip_and_zero_init_residual():
+    m = resnetkit.create_model("resnet20", num_classes=4, zero_init_residual=True)
+    assert m.config.arch == "resnet20" and m.config.kwargs == {"num_classes": 4, "zero_init_residual": True}
+    again = resnetkit.ModelConfig.from_dict(m.config.to_dict()).build()
+    assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in m.parameters())
+    last_bns = [u.conv2.bn.weight for u in m.modules() if isinstance(u, units.Basic)]
+    assert last_bns and all((w == 0).all() for w in last_bns)
+
+
+def test_v2_root_has_bias_and_postnorm():
+    m = resnetkit.create_model("resnet_v2_50")
+    assert m.conv1.bias is not None and m.postnorm is not None
+    assert resnetkit.create_model("resnet_v1_50").postnorm is None
