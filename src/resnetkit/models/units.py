@@ -108,10 +108,12 @@ class _Unit(nn.Module):
             else:
                 short = subsample(inp, self.stride)
         out = self._residual(x, end_points, name)
+        # In place (as torchvision) unless the end points still hold the residual branch's output.
+        inplace = end_points is None
         if self.has_shortcut:
-            out = out + short
+            out = out.add_(short) if inplace else out + short
         if not self.preact:
-            out = F.relu(out)
+            out = F.relu(out, inplace=inplace)
         if end_points is not None:
             end_points[name] = out
         return out
