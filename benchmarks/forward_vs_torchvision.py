@@ -1,0 +1,60 @@
+"""Our `resnet50` against torchvision's `resnet50`: same weights, same input, same process.
+
+    .venv/bin/python benchmarks/forward_vs_torchvision.py [--batch 16] [--size 224] [--threads 2] [--trials 10]
+
+Eval mode, fp32, NCHW, no_grad. Trials alternate between the two models; warm-up is excluded.
+Prints a markdown table with images/s (median and mean +- sd) and the ratio ours/theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import interleaved, machine_line, summarize  # noqa: E402
+
+from resnetkit.convert.torchvision import from_torchvision  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trials", type=int, default=10)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tv = torchvision.models.resnet50().eval()
+    ours = from_torchvision(tv.state_dict()).eval()
+    x = torch.randn(args.batch, 3, args.size, args.size)
+    with torch.no_grad():
+        diff = (tv(x) - ours(x)).abs().max().item()
+
+        def run(m):
+            return lambda: m(x)
+
+        times = interleaved({"torchvision resnet50": run(tv), "resnetkit resnet50": run(ours)}, args.trials)
+    print(machine_line(args.threads))
+    print(f"batch {args.batch}, {args.size}x{args.size}, fp32 eval, {args.trials} trials after 2 warm-up; "
+          f"max |ours - torchvision| = {diff:.2e}\n")
+    print("| model | img/s (median) | img/s (mean +- sd) | ms/batch (median) |")
+    print("|---|---|---|---|")
+    rates = {}
+    for name, ts in times.items():
+        med, mean, sd = summarize(ts)
+        rates[name] = args.batch / med
+        ips = [args.batch / t for t in ts]
+        m2, mean2, sd2 = summarize(ips)
+        print(f"| {name} | {args.batch / med:.2f} | {mean2:.2f} +- {sd2:.2f} | {1000 * med:.1f} |")
+    ratio = rates["resnetkit resnet50"] / rates["torchvision resnet50"]
+    print(f"\nours / torchvision (median throughput): {ratio:.3f}")
+
+
+if __name__ == "__main__":
+    main()
