@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tests.conftest import randomize_bn
 from torch import nn
 
 import resnetkit
@@ -17,6 +16,7 @@ from resnetkit.models import (
     units,
 )
 from resnetkit.models.profile import count_params
+from tests.conftest import randomize_bn
 
 ALL = resnetkit.list_models()
 # Too slow to backprop at every commit on 2 cores; their forward is still checked at a small size.
