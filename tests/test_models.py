@@ -1,7 +1,11 @@
 """The model library: every registered variant, block specs, end points, output_stride."""
 
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import resnetkit
@@ -224,3 +228,16 @@ def test_v2_root_has_bias_and_postnorm():
     m = resnetkit.create_model("resnet_v2_50")
     assert m.conv1.bias is not None and m.postnorm is not None
     assert resnetkit.create_model("resnet_v1_50").postnorm is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(9, 300), w=st.integers(9, 300), os_=st.sampled_from([None, 4, 8, 16, 32]),
+       name=st.sampled_from(["resnet_v1_50", "resnet_v2_101", "resnet18"]))
+def test_feature_size_is_ceil_of_input_over_output_stride(h, w, os_, name):
+    # TF 'SAME' arithmetic: every stride-s layer maps n to ceil(n / s), so the whole net maps n to
+    # ceil(n / output_stride). (torchvision's symmetric pool agrees: floor((n - 1) / 2) + 1 = ceil(n / 2).)
+    with torch.device("meta"):
+        model = resnetkit.create_model(name, num_classes=None, global_pool=False, output_stride=os_).eval()
+        feats = model.forward_features(torch.empty(1, 3, h, w))
+    s = os_ or 32
+    assert feats.shape[-2:] == (math.ceil(h / s), math.ceil(w / s))
