@@ -50,7 +50,8 @@ def cifar_blocks(unit_fn, n: int, bottleneck: bool = False) -> list[Block]:
 
 def _slim(version: int, depth: int, name: str, **kw) -> ResNet:
     kw.setdefault("scope", name)
-    return ResNet(slim_blocks(version, SLIM_DEPTHS[depth]), preact=version == 2, root_pool="same", **kw)
+    kw.setdefault("root_pool", "same")  # overridable: Keras' ResNetV2 is this net with root_pool='keras'
+    return ResNet(slim_blocks(version, SLIM_DEPTHS[depth]), preact=version == 2, **kw)
 
 
 def _torchvision(depth: int, name: str, plain: bool = False, **kw) -> ResNet:

@@ -1,0 +1,254 @@
+"""Named datasets held in memory as uint8 tensors, and where to find their files.
+
+Lookup order for file-based datasets: --data-dir if given; else the Debian package's folder (for
+Fashion-MNIST: `apt-get install dataset-fashion-mnist`); else the cache ($RESNETKIT_DATA/<name> or
+~/.cache/resnetkit/data/<name>); else download into the cache, checking md5s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from resnetkit.data import cifar, download, folder, idx
+from resnetkit.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageSet:
+    """A split in memory: images (N, C, H, W) uint8, labels (N,) int64, and how to normalise them."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # Augmentation that suits the data: pad-and-crop by `pad` pixels, and whether mirroring is valid.
+    pad: int = 0
+    flip: bool = False
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return self.images.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[2:])
+
+    def subset(self, n: int) -> ImageSet:
+        """The first n images (a fixed, not random, subset; for quick runs)."""
+        return ImageSet(self.images[:n], self.labels[:n], self.class_names, self.mean, self.std,
+                        self.pad, self.flip, self.info)
+
+    def preprocessing(self) -> dict:
+        """What predict must do to a new image: resize, channel count, normalisation constants."""
+        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                "grayscale": self.in_chans == 1}
+
+
+def _set(images: np.ndarray, labels: np.ndarray, names, mean, std, pad, flip) -> ImageSet:
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels).long(),
+                    list(names), tuple(mean), tuple(std), pad, flip)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST-style idx datasets
+
+_FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")
+
+# name -> (title, download base, md5 of each .gz in IDX_FILES order, system folder, class names,
+#          mean, std, flip is valid). md5s are those torchvision checks; mean/std are of the train split.
+IDX_DATASETS = {
+    "fashion_mnist": ("Fashion-MNIST", _FASHION_URL,
+                      ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "25c81989df183df01b3e8a0aad5dffbe",
+                       "bef4ecab320f06d8554ea6380940ec79", "bb300cfdad3c16e7a12a480ee83cd310"),
+                      "/usr/share/datasets/fashion-mnist",
+                      ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                       "Sneaker", "Bag", "Ankle boot"), (0.2860,), (0.3530,), True),
+    "mnist": ("MNIST", _MNIST_URL,
+              ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "d53e105ee54ea40749a09fcbcd1e9432",
+               "9fb629c4189551a2d022fa330f9573f3", "ec29112dd5afa0611ce80d1b7f02629c"),
+              "/usr/share/datasets/mnist", tuple(str(i) for i in range(10)), (0.1307,), (0.3081,), False),
+}
+
+
+def cache_dir(name: str) -> Path:
+    root = os.environ.get("RESNETKIT_DATA")
+    return Path(root) / name if root else Path.home() / ".cache" / "resnetkit" / "data" / name
+
+
+def _find_idx_file(folder_: Path, stem: str) -> Path | None:
+    for candidate in (folder_ / f"{stem}.gz", folder_ / stem, folder_ / stem.replace("-idx", ".idx")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _idx_folder(name: str, data_dir: str | None) -> tuple[Path, list[Path]]:
+    """Locate the four idx files, downloading them into the cache as a last resort."""
+    title, base, md5s, system_dir, *_ = IDX_DATASETS[name]
+    if data_dir is not None:
+        folders = [Path(data_dir)]
+        if not folders[0].is_dir():
+            raise UserError(f"--data-dir {data_dir}: no such directory")
+    else:
+        folders = [Path(system_dir), cache_dir(name)]
+    for f in folders:
+        files = [_find_idx_file(f, s) for s in IDX_FILES]
+        if all(files):
+            return f, files
+    if data_dir is not None:
+        raise UserError(f"{title}: the four idx files ({', '.join(s + '.gz' for s in IDX_FILES)}) "
+                        f"are not all in --data-dir {data_dir}")
+    target = cache_dir(name)
+    try:
+        files = [download.download(base + s + ".gz", target / f"{s}.gz", md5) for s, md5 in zip(IDX_FILES, md5s)]
+    except OSError as e:
+        apt = "run `apt-get install dataset-fashion-mnist`, or " if name == "fashion_mnist" else ""
+        raise UserError(f"{title} not found and the download failed ({getattr(e, 'reason', e)}); {apt}put "
+                        f"the four files ({', '.join(s + '.gz' for s in IDX_FILES)}) in {target}, or "
+                        "pass --data-dir") from e
+    return target, files
+
+
+def load_idx_dataset(name: str, data_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+    _, _, _, _, names, mean, std, flip = IDX_DATASETS[name]
+    where, files = _idx_folder(name, data_dir)
+    log.debug("reading %s from %s", name, where)
+    x_train, y_train, x_test, y_test = (idx.read_idx(f) for f in files)
+    # 28 px images: pad 2 keeps the paper's pad/size ratio (4 for 32 px) close.
+    return (_set(x_train[:, None], y_train, names, mean, std, 2, flip),
+            _set(x_test[:, None], y_test, names, mean, std, 2, flip))
+
+
+# ---------------------------------------------------------------------------------------------
+# CIFAR
+
+CIFAR = {
+    # name -> (url, md5, extracted folder, train files, test files, meta file, label key, names key,
+    #          mean, std). mean/std: per-channel statistics of the training images.
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+                "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "labels", "label_names",
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                 "cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names",
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+def _cifar_folder(name: str, data_dir: str | None) -> Path:
+    url, md5, sub, train_files, *_ = CIFAR[name]
+    roots = [Path(data_dir)] if data_dir is not None else [cache_dir(name)]
+    if data_dir is not None and not roots[0].is_dir():
+        raise UserError(f"--data-dir {data_dir}: no such directory")
+    for r in roots:
+        for f in (r / sub, r):
+            if (f / train_files[0]).is_file():
+                return f
+    if data_dir is not None:
+        raise UserError(f"{name}: {sub}/{train_files[0]} not found in --data-dir {data_dir}; extract "
+                        f"{url.rsplit('/', 1)[1]} there")
+    target = cache_dir(name)
+    archive = target / url.rsplit("/", 1)[1]
+    try:
+        download.download(url, archive, md5)
+    except OSError as e:
+        raise UserError(f"{name} not found and the download failed ({getattr(e, 'reason', e)}); download "
+                        f"{url} and extract it in {target}, or pass --data-dir") from e
+    download.safe_extract_tar(archive, target)
+    return target / sub
+
+
+def load_cifar(name: str, data_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
+    *_, train_files, test_files, meta, label_key, names_key, mean, std = CIFAR[name]
+    where = _cifar_folder(name, data_dir)
+    names = (cifar.read_names(where / meta, names_key) if (where / meta).is_file()
+             else [str(i) for i in range(10 if name == "cifar10" else 100)])
+    x_tr, y_tr = cifar.read_split([where / f for f in train_files], label_key)
+    x_te, y_te = cifar.read_split([where / f for f in test_files], label_key)
+    return (_set(x_tr, y_tr, names, mean, std, 4, True), _set(x_te, y_te, names, mean, std, 4, True))
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn digits and image folders
+
+
+def load_digits() -> tuple[ImageSet, ImageSet]:
+    """sklearn's 8x8 digits (1797 images, values 0..16): a fixed 80/20 split (permutation seed 0)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    d = sk_digits()
+    x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
+    y = d.target.astype(np.int64)
+    perm = np.random.RandomState(0).permutation(len(y))
+    n_test = len(y) // 5
+    test, train = perm[:n_test], perm[n_test:]
+    mean = (float(x[train].mean()) / 255,)
+    std = (float(x[train].std()) / 255,)
+    names = [str(i) for i in range(10)]
+    return (_set(x[train], y[train], names, mean, std, 1, False), _set(x[test], y[test], names, mean, std, 1, False))
+
+
+def load_image_folder(root: str, size: int, channels: int, strict: bool) -> tuple[ImageSet, ImageSet]:
+    """ROOT/train/CLASS/* and ROOT/{val,test}/CLASS/* if present, else a fixed 90/10 split of ROOT."""
+    root_p = Path(root)
+    if not root_p.is_dir():
+        raise UserError(f"{root}: no such directory; pass an ImageFolder layout ROOT/CLASS/IMAGE")
+    test_dir = next((root_p / s for s in ("val", "test") if (root_p / s).is_dir()), None)
+    if (root_p / "train").is_dir() and test_dir is not None:
+        x_tr, y_tr, names = folder.read_folder(root_p / "train", size, channels, strict)
+        x_te, y_te, _ = folder.read_folder(test_dir, size, channels, strict, classes=names)
+    else:
+        x, y, names = folder.read_folder(root_p, size, channels, strict)
+        perm = np.random.RandomState(0).permutation(len(y))
+        n_test = max(1, len(y) // 10)
+        x_te, y_te, x_tr, y_tr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+    xf = x_tr.astype(np.float64) / 255
+    mean = tuple(float(m) for m in xf.mean(axis=(0, 2, 3)))
+    std = tuple(float(s) + 1e-6 for s in xf.std(axis=(0, 2, 3)))
+    pad = max(1, size // 8)
+    return (_set(x_tr, y_tr, names, mean, std, pad, True), _set(x_te, y_te, names, mean, std, pad, True))
+
+
+# ---------------------------------------------------------------------------------------------
+
+ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10",
+           "cifar-100": "cifar100"}
+DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "digits", "folder:PATH")
+
+
+def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32, channels: int = 3,
+                 strict: bool = False) -> tuple[ImageSet, ImageSet]:
+    """(train, test) for a dataset name, `folder:PATH`, or a path to an ImageFolder directory.
+
+    image_size / channels / strict apply to image folders only.
+    """
+    name = ALIASES.get(spec.lower(), spec.lower())
+    if name in IDX_DATASETS:
+        return load_idx_dataset(name, data_dir)
+    if name in CIFAR:
+        return load_cifar(name, data_dir)
+    if name == "digits":
+        return load_digits()
+    if spec.startswith("folder:") or os.sep in spec or Path(spec).is_dir():
+        return load_image_folder(spec.removeprefix("folder:"), image_size, channels, strict)
+    raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASETS)}")

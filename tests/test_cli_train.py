@@ -1,0 +1,100 @@
+"""`resnetkit train` -> `eval` -> `predict` end to end on digits, and one-line errors for bad input."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnetkit.cli import main
+from resnetkit.data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    rc = main(["train", "--model", "resnet20", "--data", "digits", "--epochs", "2", "--batch-size", "64",
+               "--subset", "640", "--lr", "0.05", "--out", str(out), "--set", "optim.ema_decay=0.9"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_the_run(run_dir):
+    for name in ("model.safetensors", "metrics.jsonl", "learning_curve.png", "checkpoint.pt", "config.json"):
+        assert (run_dir / name).is_file(), name
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"epoch", "step", "train_loss", "train_err", "test_loss", "test_err", "lr", "time_s"} <= rows[0].keys()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["data"]["name"] == "digits" and cfg["optim"]["ema_decay"] == 0.9
+
+
+def test_eval(run_dir, tmp_path, capsys):
+    assert main(["eval", "--weights", str(run_dir / "model.safetensors"), "--data", "digits",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "top-5" in out
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
+    assert result["n"] == 359 and 0 <= result["top1"] <= result["top5"] <= 1
+    assert len(result["per_class_accuracy"]) == 10 and np.array(result["confusion_matrix"]).sum() == 359
+    last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["top1"] == pytest.approx(1 - last["test_err"])  # the same numbers as training reported
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("imgs")
+    _, test = load_dataset("digits")
+    for i in range(3):
+        Image.fromarray(test.images[i, 0].numpy()).resize((32, 32)).save(folder / f"digit{i}.png")
+    return folder
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_predict(run_dir, images, capsys, fmt):
+    assert main(["predict", str(images), "--weights", str(run_dir / "model.safetensors"), "--top-k", "2",
+                 "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        rows = json.loads(out)
+        assert len(rows) == 3 and len(rows[0]["predictions"]) == 2
+        assert rows[0]["predictions"][0]["class"] in [str(i) for i in range(10)]
+        assert rows[0]["predictions"][0]["prob"] >= rows[0]["predictions"][1]["prob"]
+    elif fmt == "csv":
+        rows = list(csv.DictReader(io.StringIO(out)))
+        assert len(rows) == 6 and rows[0].keys() == {"image", "rank", "class", "index", "prob"}
+    else:
+        assert len(out.strip().splitlines()) == 3 and "digit0.png" in out and "%" in out
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["train", "--data", "imagenet21k", "--epochs", "1"], "unknown dataset"),
+    (["train", "--data", "mnist", "--data-dir", "/nonexistent/dir", "--epochs", "1"], "no such directory"),
+    (["train", "--data", "digits", "--epochs", "1", "--set", "optim.lrr=1"], "unknown key optim.lrr"),
+    (["train", "--data", "digits", "--model", "resnet21", "--epochs", "1"], "unknown model"),
+    (["train", "--data", "digits"], "say how long"),
+    (["predict", "nothing.png", "--weights", "nothing.safetensors"], "no such weights file"),
+])
+def test_bad_input_is_one_line_exit_2(argv, msg, capsys, tmp_path):
+    assert main(argv + (["--out", str(tmp_path / "r")] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("resnetkit: error:") and msg in err
+
+
+def test_bad_input_subprocess_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "resnetkit", "train", "--data", "nope", "--epochs", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_non_finite_loss_stops_with_a_message(tmp_path, capsys):
+    rc = main(["train", "--data", "digits", "--epochs", "2", "--subset", "320", "--batch-size", "32", "--lr", "1e30",
+               "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "loss became nan" in err and "lower --lr" in err
+    assert not (tmp_path / "r" / "model.safetensors").exists()

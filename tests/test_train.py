@@ -1,0 +1,286 @@
+"""Training: weights files, schedules, weight-decay groups, budget planning, config overrides, and
+end-to-end properties run as real processes: exact resume after SIGKILL / SIGTERM, and DDP = one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import resnetkit
+from resnetkit.errors import UserError
+from resnetkit.train import checkpoint
+from resnetkit.train.config import ScheduleCfg, TrainConfig, resolve
+from resnetkit.train.optim import EMA, param_groups
+from resnetkit.train.schedule import BudgetPlanner, lr_at, plan_total_steps
+from resnetkit.weights.io import load, read_metadata, save_weights
+
+PRE = {"size": [8, 8], "mean": [0.3], "std": [0.37], "grayscale": True}
+
+
+def small_model():
+    return resnetkit.create_model("resnet20", num_classes=10, in_chans=1)
+
+
+# -- weights files ---------------------------------------------------------------------------
+
+
+def test_weights_roundtrip(tmp_path):
+    m = small_model()
+    for b in m.buffers():  # non-default buffers, so a file that dropped them could not pass
+        if b.dtype.is_floating_point:
+            b.uniform_(0.5, 1.5)
+    path = save_weights(m, tmp_path / "w.safetensors", class_names=list("abcdefghij"), preprocessing=PRE,
+                        source="unit test", extra={"note": 1})
+    assert not [p for p in tmp_path.iterdir() if p.name != "w.safetensors"]  # no temp file left behind
+    meta = read_metadata(path)
+    assert meta["config"] == {"arch": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 1}}
+    assert meta["source"] == "unit test" and meta["extra"] == {"note": 1} and meta["format_version"] == "1"
+    m2 = load(path)
+    assert not m2.training and m2.class_names == list("abcdefghij") and m2.preprocessing == PRE
+    for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(m.eval()(x), m2(x))
+
+
+def test_weights_bad_files(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"definitely not safetensors")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        load(tmp_path / "junk.safetensors")
+    with pytest.raises(UserError, match="no such weights file"):
+        load(tmp_path / "absent.safetensors")
+    save_file({"a": torch.zeros(2)}, tmp_path / "bare.safetensors")
+    with pytest.raises(UserError, match="without resnetkit metadata"):
+        load(tmp_path / "bare.safetensors")
+
+    m = small_model()
+    good = save_weights(m, tmp_path / "good.safetensors")
+    meta = {k: v for k, v in _raw_meta(good).items()}
+    state = load_file(good)
+    missing = dict(state)
+    dropped = sorted(missing)[0]
+    del missing[dropped]
+    missing["extra.thing"] = torch.zeros(1)
+    save_file(missing, tmp_path / "keys.safetensors", metadata=meta)
+    with pytest.raises(UserError, match=rf"missing keys: {dropped}; unexpected keys: extra\.thing"):
+        load(tmp_path / "keys.safetensors")
+    key = next(k for k, v in state.items() if v.ndim == 4)
+    shaped = dict(state)
+    shaped[key] = torch.zeros(1, 1, 1, 1)
+    save_file(shaped, tmp_path / "shape.safetensors", metadata=meta)
+    with pytest.raises(UserError, match=f"shape mismatch .*{key}"):
+        load(tmp_path / "shape.safetensors")
+
+
+def _raw_meta(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()
+
+
+# -- schedules, optimizer groups, budget planning --------------------------------------------
+
+
+def test_step_schedule_matches_the_paper():
+    # He et al. 2016 sec. 4.2: lr 0.1, divided by 10 at 32k and 48k, stop at 64k; 0.01 warm-up for ResNet-110.
+    s = ScheduleCfg(name="step", milestones=(32000, 48000), warmup_steps=400, warmup="constant", warmup_lr=0.01)
+    lrs = {i: lr_at(i, 64000, 0.1, s) for i in (0, 399, 400, 31999, 32000, 47999, 48000, 63999)}
+    assert lrs == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01,
+                                 48000: 0.001, 63999: 0.001})
+    frac = ScheduleCfg(name="step")  # default milestones 0.5, 0.75 of the run
+    assert lr_at(499, 1000, 0.1, frac) == pytest.approx(0.1) and lr_at(500, 1000, 0.1, frac) == pytest.approx(0.01)
+
+
+def test_cosine_and_warmup():
+    s = ScheduleCfg(name="cosine", warmup_steps=10)
+    assert lr_at(0, 110, 0.2, s) == pytest.approx(0.02) and lr_at(9, 110, 0.2, s) == pytest.approx(0.2)
+    assert lr_at(10, 110, 0.2, s) == pytest.approx(0.2)
+    assert lr_at(60, 110, 0.2, s) == pytest.approx(0.1)  # half-way through the decay
+    assert lr_at(110, 110, 0.2, s) == pytest.approx(0.0, abs=1e-12)
+    long_warmup = ScheduleCfg(name="cosine", warmup_steps=100)  # longer than the run: clamped to a quarter
+    assert lr_at(9, 40, 1.0, long_warmup) == pytest.approx(1.0) and lr_at(39, 40, 1.0, long_warmup) < 0.01
+    floor = ScheduleCfg(name="cosine", final_lr_frac=0.1)
+    assert lr_at(100, 100, 1.0, floor) == pytest.approx(0.1)
+
+
+def test_onecycle():
+    s = ScheduleCfg(name="onecycle")
+    assert lr_at(0, 100, 0.4, s) == pytest.approx(0.4 / 25)
+    assert lr_at(30, 100, 0.4, s) == pytest.approx(0.4)
+    assert lr_at(100, 100, 0.4, s) == pytest.approx(0.4 / 25 / 1e4)
+    assert max(lr_at(i, 100, 0.4, s) for i in range(100)) == pytest.approx(0.4)
+
+
+def test_weight_decay_groups():
+    m = small_model()
+    decay, rest = param_groups(m, 5e-4, decay_norm_and_bias=False)
+    convs = [mod.weight for mod in m.modules() if isinstance(mod, torch.nn.Conv2d | torch.nn.Linear)]
+    assert {id(p) for p in decay["params"]} == {id(p) for p in convs} and decay["weight_decay"] == 5e-4
+    bn = [p for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d) for p in mod.parameters()]
+    assert bn and {id(p) for p in bn} <= {id(p) for p in rest["params"]} and rest["weight_decay"] == 0
+    assert len(decay["params"]) + len(rest["params"]) == len(list(m.parameters()))
+    all_decay, none = param_groups(m, 5e-4, decay_norm_and_bias=True)
+    assert len(all_decay["params"]) == len(list(m.parameters())) and not none["params"]
+
+
+def test_ema_averages_weights():
+    m = torch.nn.Linear(2, 1)
+    ema = EMA(m, decay=0.5)
+    start = m.weight.detach().clone()
+    with torch.no_grad():
+        m.weight.add_(2.0)
+    ema.update(m)
+    assert torch.allclose(ema.module.weight, start + 1.0)
+
+
+def test_plan_total_steps_arithmetic():
+    # 600 s budget, 100 s spent, 0.5 s/step, 10 s per evaluation every 100 steps, 20 s reserve:
+    # (600 - 100 - 20 - 10) / (0.5 + 10 / 100) = 783 more steps.
+    assert plan_total_steps(600, 100, 50, 0.5, 100, 10, reserve_s=20) == 50 + 783
+    assert plan_total_steps(10, 100, 50, 0.5, 100, 10) == 51  # over budget already: stop next step
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.mark.parametrize("slowdown", [1.0, 1.5])
+def test_budget_planner_fits_the_whole_schedule(slowdown):
+    clock = FakeClock()
+    clock.t = 5.0  # set-up before training
+    budget, step_s, eval_s, spe = 120.0, 0.05, 2.0, 200
+    planner = BudgetPlanner(budget, spe, start_time=0.0, clock=clock, skip=3, probe=10, reserve_s=1.0)
+    total, step = 10**9, 0
+    while step < total:
+        # The first steps are slow (allocation, compilation); after 40 s the machine gets slower.
+        clock.t += 0.5 if step < 3 else step_s * (slowdown if clock.t > 40 else 1.0)
+        step += 1
+        total = planner.after_step(step, total)
+        if step % spe == 0 or step == total:
+            clock.t += eval_s
+            total = planner.after_eval(step, total, eval_s)
+    if slowdown == 1.0:
+        assert planner.step_s == pytest.approx(step_s)
+    assert budget - 3.0 <= clock.t <= budget  # the schedule ends inside the budget and uses nearly all of it
+    assert total == step
+
+
+# -- config -----------------------------------------------------------------------------------
+
+
+def test_config_overrides_file_and_errors(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[optim]\nlr = 0.3\nnesterov = true\n[schedule]\nname = "step"\nmilestones = [100, 150]\n')
+    cfg = resolve(str(f), ["optim.lr=0.2", "data.pad=null", "run.amp=bf16"], {"schedule.epochs": 3})
+    assert cfg.optim.lr == 0.2 and cfg.optim.nesterov is True and cfg.schedule.milestones == (100.0, 150.0)
+    assert cfg.data.pad is None and cfg.run.amp == "bf16" and cfg.schedule.epochs == 3.0
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    for bad, msg in [("optim.lrr=1", "unknown key optim.lrr"), ("nope.x=1", "unknown section"),
+                     ("optim.lr=fast", "not a valid float"), ("lr=1", "SECTION.KEY=VALUE"),
+                     ("schedule.name=linear", "choose step, cosine or onecycle")]:
+        with pytest.raises(UserError, match=msg):
+            resolve(None, [bad], {"schedule.epochs": 1})
+    with pytest.raises(UserError, match="say how long"):
+        resolve(None, [], {})
+
+
+def test_rng_state_survives_weights_only_load(tmp_path):
+    import random
+
+    import numpy as np
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    state = checkpoint.rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    checkpoint.atomic_torch_save({"rng": state}, tmp_path / "c.pt")
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    checkpoint.set_rng_state(checkpoint.load_checkpoint(tmp_path / "c.pt")["rng"])
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+# -- whole runs in real processes ---------------------------------------------------------------
+
+TRAIN = [sys.executable, "-m", "resnetkit", "train", "--model", "resnet20", "--data", "digits", "--batch-size", "32",
+         "--lr", "0.05", "--seed", "1", "--deterministic", "--set", "run.threads=1"]
+
+
+def run_ok(args, cwd):
+    r = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def same_weights(a, b) -> bool:
+    sa, sb = load_file(a), load_file(b)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def losses(run_dir):
+    return [(r["epoch"], r["step"], r["train_loss"], r["test_loss"])
+            for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
+
+
+def start_and_stop(args, run_dir, sig, cwd):
+    """Start a run, wait for its first checkpoint, send `sig`; return the exit code."""
+    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run_dir / "checkpoint.pt").exists():
+        assert p.poll() is None, p.stderr.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.005)
+    p.send_signal(sig)
+    _, err = p.communicate(timeout=120)
+    return p.returncode, err
+
+
+def test_exact_resume_after_sigkill_and_sigterm(tmp_path):
+    args = TRAIN + ["--epochs", "3", "--subset", "640"]  # 20 steps per epoch
+    run_ok(args + ["--out", "full"], tmp_path)
+
+    rc, _ = start_and_stop(args + ["--out", "killed"], tmp_path / "killed", signal.SIGKILL, tmp_path)
+    assert rc == -signal.SIGKILL and not (tmp_path / "killed" / "model.safetensors").exists()
+    ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
+    assert 1 <= ckpt["epoch"] < 3
+    run_ok([sys.executable, "-m", "resnetkit", "train", "--out", "killed", "--resume"], tmp_path)
+    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "killed" / "model.safetensors")
+    assert losses(tmp_path / "full") == losses(tmp_path / "killed")
+
+    # SIGTERM: a checkpoint in the middle of an epoch, a clean exit 143, and again the identical result.
+    rc, err = start_and_stop(args + ["--out", "term"], tmp_path / "term", signal.SIGTERM, tmp_path)
+    assert rc == 143 and "SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    ckpt = torch.load(tmp_path / "term" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] < 3 * 20
+    run_ok([sys.executable, "-m", "resnetkit", "train", "--out", "term", "--resume"], tmp_path)
+    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "term" / "model.safetensors")
+    assert losses(tmp_path / "full") == losses(tmp_path / "term")
+
+
+def test_ddp_two_processes_match_one(tmp_path):
+    args = TRAIN[3:] + ["--epochs", "2", "--subset", "320"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                        "-m", "resnetkit", *args, "--out", "ddp"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "cpu x2" in r.stderr
+    # One process with the same global batch of 32 split into the same two halves of 16.
+    run_ok(TRAIN + ["--epochs", "2", "--subset", "320", "--set", "optim.grad_accum=2", "--out", "one"], tmp_path)
+    ddp, one = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
+    names = {n for n, _ in small_model().named_parameters()}
+    # BN running statistics are per process under DDP (rank 0's are saved), so compare the parameters.
+    for n in names:
+        assert torch.allclose(ddp[n], one[n], rtol=1e-5, atol=1e-6), n
+    start = small_model()  # seed 1 is the runs' seed, but the weights must have moved from any start
+    assert not torch.equal(ddp[sorted(names)[0]], start.state_dict()[sorted(names)[0]])
