@@ -153,21 +153,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import torch
     from PIL import UnidentifiedImageError
 
-    from resnetkit.data import normalize
-    from resnetkit.data.folder import load_image
     from resnetkit.weights.io import load
+    from resnetkit.weights.preprocess import preprocess
 
     model = load(args.weights)
     pre = model.preprocessing
     if not pre:
         raise UserError(f"{args.weights}: no preprocessing metadata; save it with save_weights(preprocessing=...)")
     files = _collect_images(args.inputs)
-    size, channels = pre["size"][0], 1 if pre.get("grayscale") else 3
-    try:
-        batch = torch.stack([torch.from_numpy(load_image(f, size, channels)) for f in files])
+    try:  # the file's own recipe: resize/crop/scale as its publisher (or our trainer) did
+        x = torch.stack([preprocess(f, pre) for f in files])  # (N, C, H, W)
     except (OSError, UnidentifiedImageError) as e:
         raise UserError(f"cannot read image: {e}") from e
-    x = normalize(batch, torch.tensor(pre["mean"]), torch.tensor(pre["std"]))  # (N, C, size, size)
     with torch.no_grad():
         probs = model(x).float().softmax(dim=1)
     k = min(args.top_k, probs.shape[1])
