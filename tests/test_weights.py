@@ -15,10 +15,10 @@ import torchvision
 from PIL import Image
 
 import resnetkit
+from resnetkit.download import download, safe_extract_tar
 from resnetkit.errors import UserError
 from resnetkit.models import list_models
 from resnetkit.weights import registry
-from resnetkit.weights.download import download, safe_extract_tar
 from resnetkit.weights.io import save_weights
 from resnetkit.weights.preprocess import preprocess
 

@@ -91,7 +91,7 @@ def convert(src: str | os.PathLike, kind: str | None = None, arch: str | None = 
         kind = "tf-slim-tar"  # --from tf-slim on the published tarball
     if kind == "tf-slim-tar":
         with tempfile.TemporaryDirectory(prefix="resnetkit-") as tmp:
-            from resnetkit.weights.download import safe_extract_tar
+            from resnetkit.download import safe_extract_tar
 
             folder = safe_extract_tar(src, Path(tmp) / "ckpt")
             return from_tf_slim(find_tf_checkpoint(folder), arch=arch, drop_background=drop_background), "tf-slim"

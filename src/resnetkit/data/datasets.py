@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetkit.data import cifar, download, folder, idx
+from resnetkit import download
+from resnetkit.data import cifar, folder, idx
 from resnetkit.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,10 @@ def _idx_folder(name: str, data_dir: str | None) -> tuple[Path, list[Path]]:
                         f"are not all in --data-dir {data_dir}")
     target = cache_dir(name)
     try:
-        files = [download.download(base + s + ".gz", target / f"{s}.gz", md5) for s, md5 in zip(IDX_FILES, md5s)]
-    except OSError as e:
+        files = [download.download(base + s + ".gz", target / f"{s}.gz", md5=md5) for s, md5 in zip(IDX_FILES, md5s)]
+    except download.DownloadError as e:
         apt = "run `apt-get install dataset-fashion-mnist`, or " if name == "fashion_mnist" else ""
-        raise UserError(f"{title} not found and the download failed ({getattr(e, 'reason', e)}); {apt}put "
+        raise UserError(f"{title} not found and the download failed ({e}); {apt}put "
                         f"the four files ({', '.join(s + '.gz' for s in IDX_FILES)}) in {target}, or "
                         "pass --data-dir") from e
     return target, files
@@ -170,9 +171,9 @@ def _cifar_folder(name: str, data_dir: str | None) -> Path:
     target = cache_dir(name)
     archive = target / url.rsplit("/", 1)[1]
     try:
-        download.download(url, archive, md5)
-    except OSError as e:
-        raise UserError(f"{name} not found and the download failed ({getattr(e, 'reason', e)}); download "
+        download.download(url, archive, md5=md5)
+    except download.DownloadError as e:
+        raise UserError(f"{name} not found and the download failed ({e}); download "
                         f"{url} and extract it in {target}, or pass --data-dir") from e
     download.safe_extract_tar(archive, target)
     return target / sub

@@ -164,7 +164,7 @@ def _convert(w: PretrainedWeights, raw: Path, cache: Path):
     from resnetkit import convert
 
     if w.kind == "tf-slim":
-        from resnetkit.weights.download import safe_extract_tar
+        from resnetkit.download import safe_extract_tar
 
         folder = safe_extract_tar(raw, cache / "extracted" / w.tag)
         try:
@@ -181,7 +181,7 @@ def _convert(w: PretrainedWeights, raw: Path, cache: Path):
 def load_pretrained(tag: str, *, cache: str | os.PathLike | None = None, opener=None):
     """The model of registered weights `tag`, ready for inference (eval mode, `.class_names`,
     `.preprocessing`). Downloads and converts on first use; later calls read the converted file."""
-    from resnetkit.weights import download as dl
+    from resnetkit import download as dl
     from resnetkit.weights.io import load, save_weights
 
     w = get_weights(tag)

@@ -1,7 +1,9 @@
-"""Fetching pretrained files: a cache folder, downloads checked against a hash, and safe tar extraction.
+"""Fetching files (datasets, pretrained weights): a cache folder, downloads checked against a hash, and
+tar extraction that stays inside its folder.
 
-Every network error becomes a one-line UserError naming the URL and the path where the file can be
-put by hand; a file whose hash does not match is never kept.
+Every network error becomes a one-line DownloadError (a UserError) naming the URL and the path where the
+file can be put by hand; callers may catch it to add their own advice. A file whose hash does not match
+is never kept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from pathlib import Path
 from resnetkit.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+class DownloadError(UserError):
+    """The network could not deliver a file (offline, HTTP error, timeout)."""
+
 
 CHUNK = 1 << 20
 
@@ -84,8 +91,8 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sh
                     shutil.copyfileobj(r, f, CHUNK)
             except (urllib.error.URLError, OSError, TimeoutError) as e:
                 reason = getattr(e, "reason", None) or e
-                raise UserError(f"cannot download {url} ({reason}); without network, fetch it elsewhere and put it "
-                                f"at {dest}") from None
+                raise DownloadError(f"cannot download {url} ({reason}); without network, fetch it elsewhere and put "
+                                    f"it at {dest}") from None
         check_hashes(tmp, sha256=sha256, sha256_prefix=sha256_prefix, md5=md5, label=url)
         os.replace(tmp, dest)
     finally:
