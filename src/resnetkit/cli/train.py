@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from resnetkit.cli import segment
 from resnetkit.errors import UserError
 
 TRAIN_EXAMPLES = """\
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of sections, e.g. [optim] lr = 0.2")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override any config value, e.g. --set optim.lr=0.2 --set schedule.name=step")
+    p.add_argument("--task", choices=["classification", "segmentation"], default="classification",
+                   help="segmentation: --data is a VOC-layout folder (see `resnetkit data make-shapes`)")
+    segment.add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and a confusion matrix for a weights file")
@@ -55,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--out", help="folder for eval.json and confusion_matrix.png (default: next to the weights)")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--backend", default="eager", help="eager (default), channels_last, compile or onnxruntime")
+    segment.add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify images with a weights file, using its own preprocessing")
@@ -62,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--backend", default="eager", help="eager (default), channels_last, compile or onnxruntime")
     p.set_defaults(func=cmd_predict)
 
 
@@ -77,6 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from resnetkit.train import TrainConfig, resolve, train
     from resnetkit.train.config import apply_nested
 
+    if args.task == "segmentation":
+        return segment.cmd_train_segmentation(args)
     flags = {dotted: getattr(args, name) for name, dotted in FLAGS.items()}
     if args.resume:
         # The run continues with the config saved in its checkpoint; only --out is needed.
@@ -92,6 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if segment.is_segmentation_weights(args.weights):
+        return segment.cmd_eval_segmentation(args)
     import dataclasses
 
     import torch
@@ -110,7 +121,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError(f"{args.weights} predicts {len(names)} classes but {args.data} has {test.num_classes}")
     if pre.get("mean"):  # normalise as the model was trained, not with the dataset's own statistics
         test = dataclasses.replace(test, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    ev = evaluate(model, test, batch_size=args.batch_size)
+    from resnetkit.export.backends import make_backend
+
+    run = make_backend(args.backend, model, example=torch.randn(2, test.in_chans, *test.size))
+    ev = evaluate(run, test, batch_size=args.batch_size)
     cm = ev["confusion"].numpy()
     per_class = {n: float(cm[i, i] / max(1, cm[i].sum())) for i, n in enumerate(names)}
     out = Path(args.out) if args.out else Path(args.weights).parent
@@ -150,6 +164,8 @@ def _collect_images(inputs: list[str]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    if segment.is_segmentation_weights(args.weights):
+        raise UserError(f"{args.weights}: a segmentation model; use `resnetkit segment IMAGE... --weights FILE -o DIR`")
     import torch
     from PIL import UnidentifiedImageError
 
@@ -165,8 +181,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         x = torch.stack([preprocess(f, pre) for f in files])  # (N, C, H, W)
     except (OSError, UnidentifiedImageError) as e:
         raise UserError(f"cannot read image: {e}") from e
+    from resnetkit.export.backends import make_backend
+
     with torch.no_grad():
-        probs = model(x).float().softmax(dim=1)
+        probs = make_backend(args.backend, model, example=x[:2])(x).float().softmax(dim=1)
     k = min(args.top_k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=1)
     names = model.class_names or [str(i) for i in range(probs.shape[1])]
