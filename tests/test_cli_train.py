@@ -72,6 +72,17 @@ def test_predict(run_dir, images, capsys, fmt):
         assert len(out.strip().splitlines()) == 3 and "digit0.png" in out and "%" in out
 
 
+def test_predict_folder_to_jsonl_agrees_with_printed_predictions(run_dir, images, tmp_path, capsys):
+    weights = str(run_dir / "model.safetensors")
+    assert main(["predict", str(images), "--weights", weights, "--format", "json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    out = tmp_path / "preds.jsonl"
+    assert main(["predict", str(images), "--weights", weights, "--out", str(out), "--workers", "0"]) == 0
+    assert "wrote 3 rows" in capsys.readouterr().out
+    streamed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["predictions"][0]["class"] for r in streamed] == [r["predictions"][0]["class"] for r in printed]
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["train", "--data", "imagenet21k", "--epochs", "1"], "unknown dataset"),
     (["train", "--data", "mnist", "--data-dir", "/nonexistent/dir", "--epochs", "1"], "no such directory"),

@@ -15,27 +15,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from resnetkit.data.folder import collect_images
 from resnetkit.errors import UserError
 from resnetkit.export.backends import BACKENDS, make_backend
 from resnetkit.export.formats import atomic_path
-
-
-def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Image files named in `inputs`, folders searched recursively (sorted), in order."""
-    from resnetkit.data.folder import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"{s}: no such file or directory")
-    if not files:
-        raise UserError(f"no images found in {', '.join(map(str, inputs))}")
-    return files
 
 
 class _Images(Dataset):

@@ -127,27 +127,11 @@ def cmd_eval_segmentation(args: argparse.Namespace) -> int:
 # -- segment -------------------------------------------------------------------------------
 
 
-def _collect(inputs: list[str]) -> list[Path]:
-    from resnetkit.segmentation.data import IMAGE_SUFFIXES
-
-    files = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"{s}: no such file or directory")
-    if not files:
-        raise UserError(f"no images found in {', '.join(inputs)}")
-    return files
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
+    from resnetkit.data.folder import collect_images
     from resnetkit.segmentation.data import normalize_one, read_image
     from resnetkit.segmentation.infer import atomic_save, overlay, palette_png, predict_logits
 
@@ -157,7 +141,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     mean, std = torch.tensor(pre["mean"], dtype=torch.float32), torch.tensor(pre["std"], dtype=torch.float32)
     out = Path(args.out_dir)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
-    for f in _collect(args.inputs):
+    for f in collect_images(args.inputs):
         im = read_image(f)  # (3, H, W) uint8
         mask = predict_logits(model, normalize_one(im, mean, std)[None]).argmax(1)[0].to(torch.uint8).numpy()
         atomic_save(palette_png(mask), out / f"{f.stem}.png")

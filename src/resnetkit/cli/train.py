@@ -69,6 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--backend", default="eager", help="eager (default), channels_last, compile or onnxruntime")
+    p.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
+                   help="stream rows to a CSV or JSONL file instead of printing (large folders: DataLoader "
+                        "workers decode, a progress bar shows the rate)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes with --out (default 2)")
     p.set_defaults(func=cmd_predict)
 
 
@@ -146,23 +150,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -- predict -------------------------------------------------------------------------------
 
 
-def _collect_images(inputs: list[str]) -> list[Path]:
-    from resnetkit.data.folder import IMAGE_SUFFIXES
-
-    files = []
-    for s in inputs:
-        p = Path(s)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise UserError(f"{s}: no such file or directory")
-    if not files:
-        raise UserError(f"no images found in {', '.join(inputs)}")
-    return files
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     if segment.is_segmentation_weights(args.weights):
         raise UserError(f"{args.weights}: a segmentation model; use `resnetkit segment IMAGE... --weights FILE -o DIR`")
@@ -172,11 +159,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from resnetkit.weights.io import load
     from resnetkit.weights.preprocess import preprocess
 
+    if args.out:
+        from resnetkit.infer import predict_folder
+
+        r = predict_folder(args.weights, args.inputs, args.out, backend=args.backend, top_k=args.top_k,
+                           workers=args.workers, progress=sys.stderr.isatty())
+        print(f"wrote {r['images']} rows to {r['out']} ({r['failed']} unreadable)")
+        return 0
     model = load(args.weights)
     pre = model.preprocessing
     if not pre:
         raise UserError(f"{args.weights}: no preprocessing metadata; save it with save_weights(preprocessing=...)")
-    files = _collect_images(args.inputs)
+    from resnetkit.data.folder import collect_images
+
+    files = collect_images(args.inputs)
     try:  # the file's own recipe: resize/crop/scale as its publisher (or our trainer) did
         x = torch.stack([preprocess(f, pre) for f in files])  # (N, C, H, W)
     except (OSError, UnidentifiedImageError) as e:

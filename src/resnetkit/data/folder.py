@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +70,19 @@ def read_folder(root: str | Path, size: int, channels: int = 3, strict: bool = F
     if not images:
         raise UserError(f"{root}: none of the {len(items)} images could be read")
     return np.stack(images), np.asarray(labels, dtype=np.int64), list(found)
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Image files named in `inputs` (for predict / segment), folders searched recursively and sorted."""
+    files: list[Path] = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UserError(f"{s}: no such file or directory")
+    if not files:
+        raise UserError(f"no images found in {', '.join(map(str, inputs))}")
+    return files
