@@ -14,7 +14,7 @@ import sys
 from resnetkit.errors import UserError
 
 # Modules under resnetkit.cli that contribute commands, in the order `--help` lists them.
-COMMAND_MODULES = ["models", "train", "convert", "segment", "export"]
+COMMAND_MODULES = ["models", "train", "convert", "segment", "reproduce", "export"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,166 @@
+"""`resnetkit reproduce degradation` and `resnetkit reproduce cifar`: thin wrappers over resnetkit.reproduce."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from resnetkit.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from resnetkit.reproduce.cifar import RECIPES
+
+    p = sub.add_parser("reproduce", help="reproduce the ResNet papers' experiments (degradation, CIFAR recipes)")
+    rsub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+
+    d = rsub.add_parser("degradation", help="plain vs residual nets of several depths, one recipe (paper Fig. 6)")
+    d.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist, cifar10, cifar100 or digits")
+    d.add_argument("--data-dir")
+    d.add_argument("--depths", default="20,56", help="comma-separated 6n+2 depths (default 20,56)")
+    length = d.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, help="epochs for every net")
+    length.add_argument("--budget-min", type=float, metavar="M",
+                        help="measure each net's speed, then pick the epochs (same for all) so the runs fit M minutes")
+    d.add_argument("--subset", type=int, default=0, metavar="N", help="train on the first N training images")
+    d.add_argument("--test-subset", type=int, default=2000, metavar="N",
+                   help="evaluate on the first N test images each epoch (0 = all; default 2000)")
+    d.add_argument("--train-probe", type=int, default=1000, metavar="N",
+                   help="eval-mode error on the first N training images each epoch (0 = off; default 1000)")
+    d.add_argument("--batch-size", type=int, default=128)
+    d.add_argument("--lr", type=float, default=0.1)
+    d.add_argument("--warmup-steps", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0 = torch's default; 1 is far faster on a busy shared CPU)")
+    d.add_argument("--out", default="runs/degradation", help="report folder; each net trains in OUT/runs/ARCH")
+    d.add_argument("--note", default="", help="text (or @FILE) added to the report under 'Notes'")
+    d.add_argument("--render", metavar="JSON", help="rewrite the PNG and markdown in --out from a saved "
+                   "degradation.json (e.g. with a new --note); trains nothing")
+    d.set_defaults(func=cmd_degradation)
+
+    c = rsub.add_parser("cifar", help="train a CIFAR net with its paper's exact recipe (64k iterations)")
+    c.add_argument("--model", required=True, choices=sorted(RECIPES), metavar="MODEL",
+                   help=f"one of {', '.join(RECIPES)}")
+    c.add_argument("--data", default="cifar10", choices=["cifar10", "cifar100"])
+    c.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: cache, then download)")
+    c.add_argument("--val-split", type=int, nargs="?", const=5000, default=0, metavar="N",
+                   help="hold out the last N training images (default 5000: the papers' 45k/5k split) and "
+                        "evaluate on them instead of the test set")
+    c.add_argument("--batch-size", type=int, default=128, choices=[64, 128],
+                   help="128 as in the papers; 64 for preact_resnet1001 as in the authors' released code")
+    c.add_argument("--max-steps", type=int, default=0, metavar="N",
+                   help="stop after N iterations (the schedule is unchanged); to check that it runs")
+    c.add_argument("--eval-subset", type=int, default=0, metavar="N", help="evaluate on the first N images only")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=int, default=0)
+    c.add_argument("--out", help="run directory (default runs/cifar/MODEL)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config and the paper's figure; train nothing")
+    c.set_defaults(func=cmd_cifar)
+
+
+def _note(text: str) -> str:
+    if text.startswith("@"):
+        p = Path(text[1:])
+        if not p.is_file():
+            raise UserError(f"--note {text}: no such file")
+        return p.read_text()
+    return text
+
+
+def cmd_degradation(args: argparse.Namespace) -> int:
+    from resnetkit.reproduce.degradation import Recipe, parse_depths, run_degradation
+    from resnetkit.reproduce.report import command_line, write_degradation
+
+    if args.render:
+        return _render(args)
+    if args.epochs is None and args.budget_min is None:
+        raise UserError("say how long to train: --epochs N or --budget-min M")
+    depths = parse_depths(args.depths)
+    for name in ("subset", "test_subset", "train_probe", "warmup_steps", "threads"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
+    if (args.epochs is not None and args.epochs <= 0) or (args.budget_min is not None and args.budget_min <= 0):
+        raise UserError("--epochs and --budget-min must be positive")
+    _note(args.note)  # fail early on a missing file; it is read again at the end, so it can be written meanwhile
+    recipe = Recipe(data=args.data, data_dir=args.data_dir, subset=args.subset, epochs=args.epochs or 0,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
+                    warmup_steps=args.warmup_steps, test_subset=args.test_subset, train_probe=args.train_probe)
+    out = Path(args.out)
+    result = run_degradation(recipe, depths, out / "runs", budget_min=args.budget_min or 0.0, command=command_line())
+    paths = write_degradation(result, out, _note(args.note))
+    print(_degradation_table(result))
+    print(f"wrote {paths['png']}, {paths['md']} and {paths['json']}")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from resnetkit.reproduce.degradation import checks
+    from resnetkit.reproduce.report import write_degradation
+
+    p = Path(args.render)
+    try:
+        result = json.loads(p.read_text())
+        result["checks"] = checks(result["runs"])  # recomputed with the current rules
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"--render {p}: not a degradation.json ({e})") from e
+    paths = write_degradation(result, Path(args.out), _note(args.note) if args.note else result.get("note", ""))
+    print(_degradation_table(result))
+    print(f"wrote {paths['png']}, {paths['md']} and {paths['json']} (from {p}; nothing trained)")
+    return 0
+
+
+def _degradation_table(result: dict) -> str:
+    rows = [f"{'net':<10} {'train err run':>13} {'train err eval':>14} {'test err':>9}"]
+    for r in result["runs"]:
+        f = r["final"]
+        ev = f"{100 * f['train_eval_err']:.2f}%" if "train_eval_err" in f else "-"
+        rows.append(f"{r['arch']:<10} {100 * f['train_err']:>12.2f}% {ev:>14} {100 * f['test_err']:>8.2f}%")
+    for c in result["checks"]:
+        rows.append(f"{c['kind']}-{c['deep']} {c['expected']} than {c['kind']}-{c['shallow']} ({c['metric']}): "
+                    f"{'yes' if c['holds'] else 'NO'}")
+    return "\n".join(rows)
+
+
+def cmd_cifar(args: argparse.Namespace) -> int:
+    from resnetkit.reproduce import runner
+    from resnetkit.reproduce.cifar import ITERATIONS, RECIPES, cifar_config, paper_error
+    from resnetkit.reproduce.report import command_line, machine_info, write_cifar
+
+    if args.max_steps < 0 or args.val_split < 0 or args.eval_subset < 0:
+        raise UserError("--max-steps, --val-split and --eval-subset must be >= 0")
+    out = args.out or f"runs/cifar/{args.model}"
+    cfg = cifar_config(args.model, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size, out=out,
+                       seed=args.seed, threads=args.threads)
+    rec, err = RECIPES[args.model], paper_error(args.model, args.batch_size)
+    source = rec.paper if err == rec.test_err_pct else (f"batch 64, the authors' released code; the paper's "
+                                                         f"{rec.test_err_pct:.2f}% is at batch 128")
+    paper_line = f"paper: {args.model} {err:.2f}% CIFAR-10 test error after {ITERATIONS} iterations ({source})"
+    if args.data != "cifar10":
+        paper_line += f"; the papers' figures are for CIFAR-10, not {args.data}"
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        print(f"val split: {args.val_split or 'off'}; stop after: {args.max_steps or ITERATIONS} steps")
+        print(paper_line)
+        return 0
+    machine, t0 = machine_info(args.threads), time.perf_counter()
+    trainer = runner.ProbedTrainer(cfg, val_split=args.val_split, test_subset=args.eval_subset,
+                                   max_steps=args.max_steps)
+    result = trainer.fit()
+    if result.get("interrupted"):
+        return result["exit_code"]
+    eval_on = f"last {args.val_split} training images" if args.val_split else "test set"
+    if args.eval_subset:
+        eval_on = f"first {args.eval_subset} of the {eval_on}"
+    report = {"arch": args.model, "data": args.data, "paper": rec.paper, "paper_err_pct": err,
+              "paper_steps": ITERATIONS, "step": result["step"], "eval_on": eval_on, "final": trainer.history[-1],
+              "history": trainer.history, "config": cfg.to_dict(), "command": command_line(),
+              "wall_s": time.perf_counter() - t0, "machine": machine}
+    paths = write_cifar(report, Path(out))
+    print(f"{args.model}: this run {100 * result['test_err']:.2f}% error on the {eval_on} after {result['step']} "
+          f"iterations; {paper_line}")
+    print(f"wrote {paths['md']} and {paths['json']}")
+    return 0

@@ -1,0 +1,198 @@
+"""The degradation experiment (He et al. 2016, sec. 4.2 and Fig. 6): plain vs residual nets of several
+depths trained with one recipe and one seed.
+
+The paper's claim: a deeper *plain* net ends with a HIGHER training error than a shallower one (so it
+is an optimisation problem, not overfitting), while with shortcuts the deeper net has the LOWER error.
+
+Training error is recorded two ways every epoch:
+  * `train_err`: the running error over the epoch's augmented training batches in train mode, as the
+    paper's curves are drawn (what the trainer logs);
+  * `train_eval_err`: an eval-mode pass (BatchNorm running statistics, no augmentation) over a fixed
+    subset of the training images, which does not lag behind the weights by half an epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from resnetkit.errors import UserError
+from resnetkit.reproduce import runner
+from resnetkit.reproduce.report import machine_info
+from resnetkit.train.config import TrainConfig, resolve
+
+log = logging.getLogger("resnetkit.reproduce")
+
+KINDS = ("plain", "resnet")  # plain{depth} and resnet{depth}: the same layers, without / with shortcuts
+CIFAR_DEPTHS = (20, 32, 44, 56, 110)  # 6n+2: the depths that have both a plain and a residual variant
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One recipe for every net: the paper's CIFAR recipe compressed into `epochs`."""
+
+    data: str = "fashion_mnist"
+    data_dir: str | None = None
+    subset: int = 0  # first N training images (0 = all)
+    epochs: int = 0
+    batch_size: int = 128
+    lr: float = 0.1
+    seed: int = 0
+    threads: int = 0
+    # The paper divides the lr by 10 at 32k and 48k of 64k iterations: at 50% and 75% of the run.
+    schedule: str = "step"
+    warmup_steps: int = 0
+    test_subset: int = 2000  # evaluate on the first N test images each epoch (0 = all)
+    train_probe: int = 1000  # eval-mode pass over the first N training images each epoch (0 = off)
+
+    def config(self, arch: str, out: Path) -> TrainConfig:
+        sets = [f"schedule.name={self.schedule}", f"schedule.warmup_steps={self.warmup_steps}"]
+        flags = {"model.arch": arch, "data.name": self.data, "data.data_dir": self.data_dir,
+                 "data.subset": self.subset, "data.batch_size": self.batch_size, "optim.lr": self.lr,
+                 "schedule.epochs": float(self.epochs), "run.seed": self.seed, "run.threads": self.threads,
+                 "run.out": str(out / arch)}
+        return resolve(None, sets, flags)
+
+
+def parse_depths(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise UserError(f"--depths {text!r}: expected comma-separated integers, e.g. 20,56") from None
+    bad = [d for d in depths if d not in CIFAR_DEPTHS]
+    if bad or not depths:
+        raise UserError(f"--depths {text!r}: choose from {', '.join(map(str, CIFAR_DEPTHS))} (6n+2 nets with a "
+                        "plain and a residual variant)")
+    return depths
+
+
+def _step_seconds(arch: str, in_chans: int, num_classes: int, size: tuple[int, int], batch: int,
+                  repeats: int = 3) -> float:
+    """Seconds per training step (forward, backward, SGD) on random data, after one untimed step."""
+    import resnetkit
+
+    model = resnetkit.create_model(arch, in_chans=in_chans, num_classes=num_classes)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(batch, in_chans, *size), torch.randint(0, num_classes, (batch,))
+    for i in range(repeats + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return (time.perf_counter() - t0) / repeats
+
+
+def plan_epochs(recipe: Recipe, archs: list[str], budget_s: float, train, test) -> tuple[int, dict]:
+    """The number of epochs (the same for every net) that fits all runs into budget_s of wall time.
+
+    Each net's step time is measured on random data; an evaluation image is costed at a third of a
+    training image (forward only). Returns (epochs, {arch: measured step seconds}).
+    """
+    t0 = time.perf_counter()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    n_train = min(len(train), recipe.subset) if recipe.subset else len(train)
+    n_eval = (min(recipe.test_subset, len(test)) if recipe.test_subset else len(test)) + min(recipe.train_probe,
+                                                                                               n_train)
+    b = recipe.batch_size
+    step_s = {a: _step_seconds(a, train.in_chans, train.num_classes, train.size, b) for a in archs}
+    per_epoch = sum(s * (n_train // b + n_eval / b / 3) for s in step_s.values())
+    left = budget_s - (time.perf_counter() - t0) - 5 * len(archs)  # ~5 s per run to load data and save
+    epochs = max(1, math.floor(left / per_epoch))
+    log.info("budget %.1f min: %s s/step -> %.0f s per epoch of all %d nets -> %d epochs", budget_s / 60,
+             {a: round(s, 3) for a, s in step_s.items()}, per_epoch, len(archs), epochs)
+    return epochs, step_s
+
+
+def _train_one(recipe: Recipe, arch: str, out: Path) -> dict:
+    cfg = recipe.config(arch, out)
+    run_dir = Path(cfg.run.out)
+    done = runner.read_history(run_dir)
+    saved = run_dir / "config.json"
+    if (run_dir / "model.safetensors").is_file() and saved.is_file() and \
+            json.loads(saved.read_text()) == json.loads(json.dumps(cfg.to_dict())):
+        log.info("%s: reusing the finished run in %s", arch, run_dir)  # same config: rerunning would repeat it
+        return {"history": done, "wall_s": done[-1]["time_s"] if done else None, "reused": True}
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} holds another or an unfinished run; remove it or choose another --out (to "
+                        "reuse the finished runs of a --budget-min experiment, pass the --epochs its report shows)")
+    t0 = time.perf_counter()
+    trainer = runner.ProbedTrainer(cfg, train_probe=recipe.train_probe, test_subset=recipe.test_subset)
+    result = trainer.fit()
+    if result.get("interrupted"):
+        raise KeyboardInterrupt
+    return {"history": trainer.history, "wall_s": time.perf_counter() - t0, "reused": False}
+
+
+def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *, budget_min: float = 0.0,
+                    command: str = "") -> dict:
+    """Train plain{d} and resnet{d} for every depth with `recipe`; returns the results dict (see report)."""
+    import resnetkit
+    from resnetkit.data import load_dataset
+
+    out = Path(out)
+    nets = [(k, d, f"{k}{d}") for k in KINDS for d in depths]
+    t0 = time.perf_counter()
+    machine = machine_info(recipe.threads)  # load average before we add to it
+    train, test = load_dataset(recipe.data, recipe.data_dir)  # for the shapes; each run loads its own copy
+    step_s = {}
+    if recipe.epochs <= 0:
+        if budget_min <= 0:
+            raise UserError("say how long to train: --epochs N or --budget-min M")
+        epochs, step_s = plan_epochs(recipe, [a for *_, a in nets], 60 * budget_min, train, test)
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    runs = []
+    for kind, depth, arch in nets:
+        log.info("degradation: training %s (%d epochs)", arch, recipe.epochs)
+        r = _train_one(recipe, arch, out)
+        h = r["history"]
+        model = resnetkit.create_model(arch, num_classes=train.num_classes, in_chans=train.in_chans)
+        runs.append({"arch": arch, "kind": kind, "depth": depth, "params": sum(p.numel() for p in model.parameters()),
+                     "wall_s": r["wall_s"], "reused": r["reused"],
+                     "run_dir": str(out / arch), "history": h, "final": h[-1] if h else {}})
+    return {"experiment": "degradation", "paper": "He et al. 2016, Deep Residual Learning, sec. 4.2, Fig. 6",
+            "command": command, "recipe": dataclasses.asdict(recipe), "budget_min": budget_min,
+            "measured_step_s": step_s, "depths": list(depths), "wall_s": time.perf_counter() - t0,
+            "machine": machine, "runs": runs, "checks": checks(runs),
+            "train_err_definitions": {
+                "train_err": "running error over the epoch's augmented training batches, train mode (as the paper)",
+                "train_eval_err": (f"eval-mode pass over the first {recipe.train_probe} training images, "
+                                   "no augmentation"),
+            }}
+
+
+def checks(runs: list[dict], last: int = 3) -> list[dict]:
+    """For consecutive depths: does the deeper plain net end HIGHER, the deeper residual net LOWER?
+
+    Judged on the final epoch and, because one epoch's error is noisy, on the mean of the last `last` epochs.
+    """
+    def values(run: dict) -> dict:
+        v = {k: run["final"][k] for k in ("train_err", "train_eval_err") if k in run["final"]}
+        tail = run.get("history", [])[-last:]
+        if len(tail) > 1:
+            v.update({f"{k} (mean of last {len(tail)} epochs)": sum(h[k] for h in tail) / len(tail)
+                      for k in ("train_err", "train_eval_err") if all(k in h for h in tail)})
+        return v
+
+    by = {(r["kind"], r["depth"]): values(r) for r in runs if r["final"]}
+    depths = sorted({r["depth"] for r in runs})
+    out = []
+    for lo, hi in zip(depths, depths[1:]):
+        for kind, want in (("plain", "higher"), ("resnet", "lower")):
+            a, b = by.get((kind, lo)), by.get((kind, hi))
+            if not a or not b:
+                continue
+            for key in a:
+                if key in b:
+                    holds = b[key] > a[key] if want == "higher" else b[key] < a[key]
+                    out.append({"kind": kind, "shallow": lo, "deep": hi, "metric": key, "expected": want,
+                                "shallow_err": a[key], "deep_err": b[key], "holds": bool(holds)})
+    return out
