@@ -29,14 +29,7 @@ from resnetkit.segmentation.shapes import SHAPE_CLASSES, make_shapes
 from resnetkit.weights.io import load, save_weights
 from tests.conftest import randomize_bn
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: on a busy 2-core machine one intra-op thread is several times faster than two.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------------------------- data

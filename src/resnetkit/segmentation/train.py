@@ -26,7 +26,8 @@ from resnetkit.segmentation.data import IGNORE, JointAugment, load_split
 from resnetkit.segmentation.infer import evaluate_split
 from resnetkit.segmentation.models import create_segmentation_model, load_backbone_weights
 from resnetkit.train import checkpoint, report
-from resnetkit.train.config import OptimCfg, RunCfg, ScheduleCfg, apply_nested, load_config_file, parse_override
+from resnetkit.train.config import OptimCfg, RunCfg, ScheduleCfg, apply_nested
+from resnetkit.train.config import resolve as resolve_config
 from resnetkit.train.optim import build_optimizer
 from resnetkit.train.schedule import BudgetPlanner, lr_at
 from resnetkit.weights.io import read_metadata, save_weights
@@ -79,18 +80,8 @@ class SegTrainConfig:
 
 
 def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | None = None) -> SegTrainConfig:
-    """Defaults <- config file <- command-line flags <- --set overrides (later wins)."""
-    cfg = SegTrainConfig()
-    if file:
-        cfg = apply_nested(cfg, load_config_file(file), origin=f"--config {file}")
-    for dotted, value in (flags or {}).items():
-        if value is not None:
-            section, key = dotted.split(".")
-            cfg = apply_nested(cfg, {section: {key: value}}, origin="flag")
-    for text in overrides:
-        cfg = apply_nested(cfg, parse_override(text), origin="--set")
-    check(cfg)
-    return cfg
+    """Defaults <- config file <- command-line flags <- --set overrides (later wins), as for classification."""
+    return resolve_config(file, overrides, flags, base=SegTrainConfig(), check_fn=check)
 
 
 def check(cfg: SegTrainConfig) -> None:

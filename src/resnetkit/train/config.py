@@ -185,9 +185,13 @@ def load_config_file(path: str) -> dict:
         raise UserError(f"--config {path}: cannot parse ({e})") from e
 
 
-def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | None = None) -> TrainConfig:
-    """Defaults <- config file <- command-line flags <- --set overrides (later wins)."""
-    cfg = TrainConfig()
+def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | None = None, *,
+            base=None, check_fn=None):
+    """Defaults <- config file <- command-line flags <- --set overrides (later wins).
+
+    `base` is the config of defaults (a TrainConfig unless another task's config is given) and
+    `check_fn` its value checks (`check` by default)."""
+    cfg = TrainConfig() if base is None else base
     if file:
         cfg = apply_nested(cfg, load_config_file(file), origin=f"--config {file}")
     for dotted, value in (flags or {}).items():
@@ -196,7 +200,7 @@ def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | No
             cfg = apply_nested(cfg, {section: {key: value}}, origin="flag")
     for text in overrides:
         cfg = apply_nested(cfg, parse_override(text), origin="--set")
-    check(cfg)
+    (check_fn or check)(cfg)
     return cfg
 
 
