@@ -80,6 +80,7 @@ def test_predict_folder_to_jsonl_agrees_with_printed_predictions(run_dir, images
     assert main(["predict", str(images), "--weights", weights, "--out", str(out), "--workers", "0"]) == 0
     assert "wrote 3 rows" in capsys.readouterr().out
     streamed = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(printed[0]["predictions"]) == 5  # the default --top-k
     assert [r["predictions"][0]["class"] for r in streamed] == [r["predictions"][0]["class"] for r in printed]
 
 

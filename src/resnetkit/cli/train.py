@@ -66,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="classify images with a weights file, using its own preprocessing")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     p.add_argument("--weights", required=True)
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--backend", default="eager", help="eager (default), channels_last, compile or onnxruntime")
     p.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
