@@ -338,6 +338,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     """Build a trainer from `cfg` and fit; tears the process group down afterwards."""
     trainer = Trainer(cfg, resume=resume)
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        # Rank 0 may still be writing files: a rank that tore gloo down first could abort at exit.
+        distributed.barrier(trainer.d)
+        return result
     finally:
         distributed.shutdown(trainer.d)
