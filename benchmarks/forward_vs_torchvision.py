@@ -47,11 +47,10 @@ def main() -> None:
     print("|---|---|---|---|")
     rates = {}
     for name, ts in times.items():
-        med, mean, sd = summarize(ts)
+        med = summarize(ts)[0]
         rates[name] = args.batch / med
-        ips = [args.batch / t for t in ts]
-        m2, mean2, sd2 = summarize(ips)
-        print(f"| {name} | {args.batch / med:.2f} | {mean2:.2f} +- {sd2:.2f} | {1000 * med:.1f} |")
+        _, ips_mean, ips_sd = summarize([args.batch / t for t in ts])
+        print(f"| {name} | {args.batch / med:.2f} | {ips_mean:.2f} +- {ips_sd:.2f} | {1000 * med:.1f} |")
     ratio = rates["resnetkit resnet50"] / rates["torchvision resnet50"]
     print(f"\nours / torchvision (median throughput): {ratio:.3f}")
 
