@@ -31,3 +31,12 @@ def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
     return model
+
+
+def seg_model(backbone: str, num_classes: int, head: str = "slim", output_stride: int = 16, **kw) -> torch.nn.Module:
+    """A registered segmentation model by its parts: ('resnet20', 3, 'aspp', 4) -> deeplabv3_resnet20."""
+    import resnetkit
+    from resnetkit.models import segmentation_name
+
+    return resnetkit.create_model(segmentation_name(head, backbone), num_classes=num_classes,
+                                  output_stride=output_stride, **kw)

@@ -15,7 +15,7 @@ from PIL import Image
 import resnetkit
 from resnetkit.cli import main
 from resnetkit.convert import detect_kind
-from resnetkit.weights.registry import PRESETS
+from resnetkit.weights import PRESETS
 
 FIX = Path(__file__).parent / "fixtures"
 SLIM = FIX / "tf_slim" / "v2_cls_gp_even32_v2fmt.ckpt"
@@ -47,7 +47,7 @@ def test_convert_then_predict(tmp_path, capsys, tv_pth):
     rc, stdout, _ = run(capsys, "convert", pth, "-o", out)
     assert rc == 0 and "resnet18" in stdout and "1000 classes" in stdout and out.is_file()
     model = resnetkit.load(out)
-    assert model.class_names[0] == "tench" and model.preprocessing == PRESETS["torchvision"]
+    assert model.card.class_names[0] == "tench" and model.card.preprocessing == PRESETS["torchvision"]
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
@@ -57,7 +57,7 @@ def test_convert_then_predict(tmp_path, capsys, tv_pth):
     rc, stdout, _ = run(capsys, "predict", img, "--weights", out, "--format", "json", "--top-k", "3")
     assert rc == 0
     preds = json.loads(stdout)[0]["predictions"]
-    assert len(preds) == 3 and all(p["class"] == model.class_names[p["index"]] for p in preds)
+    assert len(preds) == 3 and all(p["class"] == model.card.class_names[p["index"]] for p in preds)
     assert preds[0]["prob"] >= preds[1]["prob"] >= preds[2]["prob"] > 0
 
 
@@ -69,8 +69,8 @@ def test_convert_options(tmp_path, capsys, tv_pth):
     rc, _, _ = run(capsys, "convert", pth, "-o", out, "--from", "torchvision", "--arch", "resnet18",
                    "--preprocessing", "torchvision_v2", "--class-names", names)
     assert rc == 0
-    meta = resnetkit.weights.read_metadata(out)
-    assert meta["class_names"][:2] == ["c0", "c1"] and meta["preprocessing"]["resize"] == 232
+    card = resnetkit.read_card(out)
+    assert card.class_names[:2] == ("c0", "c1") and card.preprocessing.resize == 232
 
 
 @pytest.mark.parametrize("path,kind", [
@@ -118,7 +118,7 @@ def test_bad_input_one_line_error_and_no_output(tmp_path, capsys, tv_pth, case):
         "truncated-h5": ([_truncated(tmp_path, FIX / "keras" / "tiny_v2_legacy.h5", 9000)], "not a readable Keras"),
         "truncated-slim": ([_truncated(tmp_path, FIX / "tf_slim" / "v1_cls_gp_odd33_v1fmt.ckpt", 3000)],
                            "cannot tell|checkpoint|truncated"),
-        "tiny-slim": ([SLIM], r"units per block \(2, 2, 2\) match no slim depth.*pass --arch"),
+        "tiny-slim": ([SLIM], r"units per block \(2, 2, 2\) match no slim depth.*pass arch=.*--arch"),
         "tiny-slim-arch": ([SLIM, "--arch", "resnet_v2_50"], "missing in TF-slim checkpoint: .*unit_3"),
         "tiny-keras": ([FIX / "keras" / "tiny_v2.weights.h5"], "matches no registered architecture"),
         "slim-tarball": ([archive], "match no slim depth"),

@@ -9,7 +9,7 @@ from PIL import Image
 
 import resnetkit
 from resnetkit.cli import main
-from resnetkit.weights.io import save_weights
+from resnetkit.weights import save_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,11 +42,11 @@ def test_make_shapes_layout(shapes):
 def test_train_writes_a_segmentation_weights_file(trained):
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 3 and 0 <= rows[-1]["val_miou"] <= 1
-    from resnetkit.weights.io import load
+    from resnetkit.weights import load
 
     model = load(trained / "model.safetensors")
-    assert model.config.to_dict()["arch"] == "segmentation" and model.head_name == "aspp"
-    assert model.preprocessing["task"] == "segmentation" and len(model.class_names) == 6
+    assert model.config.to_dict()["arch"] == "deeplabv3_resnet20" and model.head_name == "aspp"
+    assert model.card.task == "segmentation" and len(model.card.class_names) == 6
     assert (trained / "learning_curve.png").is_file() and (trained / "checkpoint.pt").is_file()
 
 
@@ -80,10 +80,10 @@ def test_backbone_weights_and_freeze_bn_flags(shapes, tmp_path):
     assert main(["train", "--task", "segmentation", "--data", str(shapes), "--model", "resnet20", "--output-stride",
                  "4", "--crop-size", "25", "--batch-size", "4", "--set", "schedule.steps=1", "--backbone-weights",
                  str(path), "--freeze-bn", "--out", str(out)]) == 0
-    from resnetkit.weights.io import load
+    from resnetkit.weights import load
 
     model = load(out / "model.safetensors")
-    assert model.preprocessing["mean"] == [0.4] * 3  # the backbone's normalisation is kept
+    assert model.card.preprocessing.mean == (0.4,) * 3  # the backbone's normalisation is kept
     # frozen BN statistics: the backbone's running means are still the classification model's
     torch.testing.assert_close(model.backbone.conv1.bn.running_mean, cls.conv1.bn.running_mean)
 

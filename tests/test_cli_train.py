@@ -90,6 +90,9 @@ def test_predict_folder_to_jsonl_agrees_with_printed_predictions(run_dir, images
     (["train", "--data", "digits", "--epochs", "1", "--set", "optim.lrr=1"], "unknown key optim.lrr"),
     (["train", "--data", "digits", "--model", "resnet21", "--epochs", "1"], "unknown model"),
     (["train", "--data", "digits"], "say how long"),
+    (["train", "--data", "digits", "--epochs", "1", "--head", "aspp"], "--head is a flag of --task segmentation"),
+    (["train", "--data", "digits", "--epochs", "1", "--amp", "bf16", "--set", "run.amp=fp8"], "run.amp='fp8'"),
+    (["train", "--task", "segmentation", "--epochs", "1"], "data.path is required"),
     (["predict", "nothing.png", "--weights", "nothing.safetensors"], "no such weights file"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, msg, capsys, tmp_path):
@@ -108,5 +111,5 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, capsys):
     rc = main(["train", "--data", "digits", "--epochs", "2", "--subset", "320", "--batch-size", "32", "--lr", "1e30",
                "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
-    assert rc == 2 and "loss became nan" in err and "lower --lr" in err
+    assert rc == 2 and "loss became nan" in err and "lower optim.lr" in err
     assert not (tmp_path / "r" / "model.safetensors").exists()

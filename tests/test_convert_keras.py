@@ -159,7 +159,7 @@ def test_bad_files(tmp_path):
     trunc.write_bytes((FIX / FILES[1]).read_bytes()[:5000])
     with pytest.raises(ConversionError, match="not a readable Keras HDF5"):
         from_keras(trunc)
-    with pytest.raises(ConversionError, match="no such file"):
+    with pytest.raises(FileNotFoundError, match="no such file"):
         from_keras(tmp_path / "missing.h5")
     v1 = fake_resnet_v2_layers((3, 4, 6, 3))
     v1["conv1_bn"] = v1.pop("post_bn")
@@ -170,3 +170,4 @@ def test_bad_files(tmp_path):
         map_layers(extra)
     with pytest.raises(ConversionError, match="not a Keras ResNetV2"):
         detect({"block1_conv1": {"kernel": np.zeros((3, 3, 3, 8), np.float32)}})
+

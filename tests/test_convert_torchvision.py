@@ -9,7 +9,7 @@ from resnetkit.convert.torchvision import detect_arch, from_torchvision
 from tests.conftest import randomize_bn
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 @pytest.mark.parametrize("size", [(64, 64), (67, 61)])
 def test_outputs_equal_torchvision(name, size):
     tv = randomize_bn(getattr(torchvision.models, name)(num_classes=11)).eval()
@@ -29,6 +29,13 @@ def test_pth_file_round_trip(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), tv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet152", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
+                                  "wide_resnet50_2", "wide_resnet101_2"])
+def test_detect_arch_reads_width_and_groups(name):
+    with torch.device("meta"):
+        assert detect_arch(getattr(torchvision.models, name)().state_dict()) == name
 
 
 def test_detect_arch_and_errors(tmp_path):

@@ -66,7 +66,9 @@ def test_idx_dataset_from_data_dir(tmp_path, gz):
     assert train.images.shape == (6, 1, 28, 28) and train.images.dtype == torch.uint8
     assert torch.equal(train.images[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"]))
     assert test.labels.tolist() == [0, 1, 2, 3] and train.class_names[0] == "T-shirt/top"
-    assert train.preprocessing() == {"size": [28, 28], "mean": [0.2860], "std": [0.3530], "grayscale": True}
+    assert train.preprocessing().to_dict() == {"size": [28, 28], "mean": [0.2860], "std": [0.3530],
+                                               "channel_order": "L", "interpolation": "bilinear", "resize": None,
+                                               "crop": None, "crop_fraction": None, "name": ""}
 
 
 def test_offline_error_names_every_way_out(tmp_path, monkeypatch):
@@ -89,7 +91,7 @@ def test_offline_error_names_every_way_out(tmp_path, monkeypatch):
 def test_missing_data_dir_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no such directory"):
         load_dataset("mnist", str(tmp_path / "nope"))
-    with pytest.raises(UserError, match="not all in --data-dir"):
+    with pytest.raises(UserError, match="not all in data_dir"):
         load_dataset("mnist", str(tmp_path))
     with pytest.raises(UserError, match="unknown dataset"):
         load_dataset("imagenet21k")

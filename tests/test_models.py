@@ -22,10 +22,42 @@ from resnetkit.models import (
 from resnetkit.models.profile import count_params
 from tests.conftest import randomize_bn
 
-ALL = resnetkit.list_models()
+ALL = resnetkit.list_models(task="classification")
+SEGMENTATION = resnetkit.list_models(task="segmentation")
 # Too slow to backprop at every commit on 2 cores; their forward is still checked at a small size.
 HEAVY = {"resnet1202", "preact_resnet1001", "resnet_v1_200", "resnet_v2_200", "resnet152", "resnet_v1_152",
-         "resnet_v2_152"}
+         "resnet_v2_152", "resnet101d", "resnet152d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2",
+         "wide_resnet101_2", "resnetv2_101", "resnetv2_101x1_bit", "resnetv2_50x3_bit", "wrn28_10"}
+
+
+def test_every_backbone_has_both_segmentation_heads():
+    assert SEGMENTATION == sorted((f"{p}_{b}" for b in ALL for p in ("deeplabv3", "slimseg")),
+                                  key=SEGMENTATION.index)
+    assert len(SEGMENTATION) == 2 * len(ALL) and set(resnetkit.list_models()) == set(ALL) | set(SEGMENTATION)
+
+
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_every_segmentation_model_gives_dense_logits(name):
+    """On the meta device (no arithmetic): logits at the input size, features at 1/output_stride."""
+    d = model_defaults(name)
+    assert d["task"] == "segmentation" and d["num_classes"] == 21
+    os_ = 4 if d["input_size"] < 224 else 8
+    size = 33 if d["input_size"] < 224 else 65  # slim's aligned sizes: stride * k + 1
+    with torch.device("meta"):
+        model = resnetkit.create_model(name, num_classes=7, output_stride=os_).eval()
+        out, ep = model.forward_end_points(torch.empty(2, 3, size, size))
+    assert out.shape == (2, 7, size, size) and model.config.arch == name
+    assert ep["head/logits"].shape == (2, 7, (size - 1) // os_ + 1, (size - 1) // os_ + 1)
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_resnet20", "slimseg_resnet_v2_50"])
+def test_segmentation_models_train(name):
+    model = resnetkit.create_model(name, num_classes=3, output_stride=4 if "20" in name else 16)
+    x = torch.randn(2, 3, 33, 33)
+    out = model(x)
+    assert out.shape == (2, 3, 33, 33) and torch.isfinite(out).all()
+    out.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -53,9 +85,10 @@ def test_forward_backward_every_model(name):
 
 # Published sizes: torchvision's exact counts; He et al. 2015 Table 6 and He et al. 2016 Table 3.
 EXACT = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160,
-         "resnet152": 60_192_808}
+         "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336,
+         "resnext101_64x4d": 83_455_272, "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696}
 PAPER_M = {"resnet20": 0.27, "resnet32": 0.46, "resnet44": 0.66, "resnet56": 0.85, "resnet110": 1.7,
-           "resnet1202": 19.4, "preact_resnet110": 1.7, "preact_resnet164": 1.7}
+           "resnet1202": 19.4, "preact_resnet110": 1.7, "preact_resnet164": 1.7, "wrn28_10": 36.5, "wrn16_8": 11.0}
 
 
 @pytest.mark.parametrize("name,count", EXACT.items())
@@ -186,7 +219,7 @@ def test_unknown_model_suggests_close_names():
 
 
 def test_user_defined_unit_fn():
-    class SE(nn.Module):  # a user's own unit: any callable with (in_depth, depth, stride, rate)
+    class SE(nn.Module):  # a user's own unit: any callable with (in_chans, depth, stride, rate)
         def __init__(self, in_depth, depth, stride=1, rate=1):
             super().__init__()
             self.conv = nn.Conv2d(in_depth, depth, 3, stride, padding=rate, dilation=rate)

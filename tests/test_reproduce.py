@@ -10,7 +10,7 @@ import torch
 
 from resnetkit.cli import main
 from resnetkit.errors import UserError
-from resnetkit.reproduce import degradation
+from resnetkit.reproduce import degradation, runner
 from resnetkit.reproduce.cifar import RECIPES, cifar_config, paper_error
 from resnetkit.train.schedule import lr_at
 
@@ -50,17 +50,16 @@ def test_cifar_recipe_matches_the_paper(arch):
 
 
 def test_max_steps_keeps_the_full_schedules_learning_rates(tmp_path):
-    """The trainer shortens warm-up for a short run; a run cut short by max_steps must not."""
-    from resnetkit.reproduce.runner import ProbedTrainer
-
-    cfg = cifar_config("resnet110", data="digits", out=str(tmp_path / "run"), threads=1)
+    """The trainer shortens warm-up for a short run; a run cut short by schedule.max_steps must not."""
+    cfg = cifar_config("resnet110", data="digits", out=str(tmp_path / "run"), threads=1, eval_subset=50, max_steps=3)
     # resnet20 on 128 digits: one step per epoch, small and fast.
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch="resnet20"),
                               data=dataclasses.replace(cfg.data, subset=128))
-    trainer = ProbedTrainer(cfg, max_steps=3, test_subset=50)
-    result = trainer.fit()
-    assert result["step"] == 3 and trainer.schedule_total == 64_000
-    assert [r["lr"] for r in trainer.history] == [0.01] * 3  # still in the 400-step warm-up at 0.01
+    result, history = runner.run(cfg, train_probe=64)
+    assert result["step"] == 3 and cfg.schedule.steps == 64_000
+    assert [r["lr"] for r in history] == [0.01] * 3  # still in the 400-step warm-up at 0.01
+    assert all(r["train_eval_err"] * 64 == pytest.approx(round(r["train_eval_err"] * 64)) for r in history)
+    assert runner.read_history(tmp_path / "run") == json.loads(json.dumps(history))
 
 
 def test_preact1001_batch_64():
@@ -102,6 +101,15 @@ def test_cifar_runs_a_few_iterations(tmp_path, capsys):
     assert len(r["history"]) == 2  # 128 training images left after the split: one step per epoch
     assert (r["final"]["test_err"] * 32) == pytest.approx(round(r["final"]["test_err"] * 32))  # 32 val images
     assert "not comparable" in (out / "reproduce.md").read_text()
+    # The run folder is not reused by a new run; --resume continues it, and only where it stops may change.
+    assert main(args := ["reproduce", "cifar", "--model", "resnet20", "--data-dir", str(data), "--val-split", "32",
+                         "--threads", "1", "--out", str(out)]) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    assert main([*args, "--resume", "--seed", "3", "--max-steps", "3"]) == 2
+    assert "run.seed cannot change on resume" in capsys.readouterr().err
+    assert main([*args, "--resume", "--max-steps", "3"]) == 0
+    r = json.loads((out / "reproduce.json").read_text())
+    assert r["step"] == 3 and [h["step"] for h in r["history"]] == [1, 2, 3]
 
 
 def test_degradation_end_to_end_and_reuse(tmp_path, capsys):
@@ -121,7 +129,7 @@ def test_degradation_end_to_end_and_reuse(tmp_path, capsys):
     metrics = ("train_err", "train_eval_err", "train_err (mean of last 2 epochs)",
                "train_eval_err (mean of last 2 epochs)")
     assert {(c["kind"], c["metric"]) for c in r["checks"]} == {(k, m) for k in ("plain", "resnet") for m in metrics}
-    assert {"cpu", "cpu_count", "torch"} <= set(r["machine"]) and r["wall_s"] > 0 and r["recipe"]["epochs"] == 2
+    assert {"cpu", "cores", "torch"} <= set(r["machine"]) and r["wall_s"] > 0 and r["recipe"]["epochs"] == 2
     text = md.read_text()
     assert "| resnet32 | 32 |" in text and "degradation.png" in text and "digits" in text
     # A second call finds the four finished runs with the same config and does not train again.

@@ -8,26 +8,19 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from safetensors.torch import load_file
 
 import resnetkit
+from resnetkit.data.segmentation import IGNORE, JointAugment, SegSet, load_split, palette_png, voc_palette
+from resnetkit.data.shapes import SHAPE_CLASSES, make_shapes
 from resnetkit.errors import UserError
-from resnetkit.models import ResNet, resnet_v2_block
-from resnetkit.segmentation import (
-    IGNORE,
-    JointAugment,
-    SegModel,
-    confusion_matrix,
-    create_segmentation_model,
-    load_backbone_weights,
-    load_split,
-    scores,
-    upsample_logits,
-    voc_palette,
-)
-from resnetkit.segmentation.infer import aligned_size, palette_png, predict_logits
-from resnetkit.segmentation.shapes import SHAPE_CLASSES, make_shapes
-from resnetkit.weights.io import load, save_weights
-from tests.conftest import randomize_bn
+from resnetkit.export.segment import aligned_size, predict_logits
+from resnetkit.models import ResNet, SegModel, resnet_v2_block, upsample_logits
+from resnetkit.train import Trainer, resolve
+from resnetkit.train.evaluate import evaluate_segmentation
+from resnetkit.train.metrics import confusion_matrix, scores
+from resnetkit.weights import load, load_backbone_weights, save_weights
+from tests.conftest import randomize_bn, seg_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +158,7 @@ def test_miou_against_hand_computed_confusion():
 @pytest.mark.parametrize("head", ["slim", "aspp"])
 def test_slim_output_shapes_meta(size, os_, side, head):
     with torch.device("meta"):
-        m = create_segmentation_model("resnet_v2_101", 21, head, os_).eval()
+        m = seg_model("resnet_v2_101", 21, head, os_).eval()
         x = torch.empty(1, 3, size, size)
         logits, ep = m.forward_dict(x)
     assert ep["features"].shape == (1, 2048, side, side)
@@ -178,7 +171,7 @@ def test_slim_output_shapes_meta(size, os_, side, head):
 def test_every_backbone_layout_segments(name):
     os_ = 4 if name == "resnet20" else 8
     with torch.device("meta"):
-        m = create_segmentation_model(name, 5, "aspp", os_)
+        m = seg_model(name, 5, "aspp", os_)
         out = m(torch.empty(2, 3, 50, 37))  # not 32k+1: other sizes work too
     assert out.shape == (2, 5, 50, 37)
 
@@ -214,8 +207,8 @@ def test_os8_and_os16_agree_on_the_shared_grid(head, pool):
 
 
 def test_os8_and_os16_agree_for_a_registered_torchvision_layout():
-    m16 = create_segmentation_model("resnet18", 3, "slim", 16)
-    m8 = create_segmentation_model("resnet18", 3, "slim", 8)
+    m16 = seg_model("resnet18", 3, "slim", 16)
+    m8 = seg_model("resnet18", 3, "slim", 8)
     randomize_bn(m16)
     m8.load_state_dict(m16.state_dict())
     m16.eval(), m8.eval()
@@ -236,7 +229,7 @@ def test_upsample_logits_keeps_feature_i_on_pixel_i_times_stride():
 
 
 def test_predict_logits_pads_to_the_aligned_size():
-    m = create_segmentation_model("resnet20", 3, "slim", 4).eval()
+    m = seg_model("resnet20", 3, "slim", 4).eval()
     x = torch.randn(1, 3, 30, 26)
     out = predict_logits(m, x)
     assert out.shape == (1, 3, 30, 26)
@@ -250,17 +243,17 @@ def test_backbone_weights_from_a_classification_file(tmp_path):
     cls = resnetkit.create_model("resnet20", num_classes=10)
     randomize_bn(cls)
     path = save_weights(cls, tmp_path / "cls.safetensors", class_names=[str(i) for i in range(10)])
-    seg = create_segmentation_model("resnet20", 4, "aspp", 4, aspp_channels=8)
+    seg = seg_model("resnet20", 4, "aspp", 4, aspp_channels=8)
     assert load_backbone_weights(seg, path) == ["logits.bias", "logits.weight"]
     for k, v in seg.backbone.state_dict().items():
         assert torch.equal(v, cls.state_dict()[k]), k
-    other = create_segmentation_model("resnet32", 4, "slim", 4)
+    other = seg_model("resnet32", 4, "slim", 4)
     with pytest.raises(UserError, match="cls.safetensors"):
         load_backbone_weights(other, path)
 
 
 def test_freeze_bn_keeps_backbone_statistics():
-    m = create_segmentation_model("resnet20", 3, "aspp", 4, aspp_channels=8)
+    m = seg_model("resnet20", 3, "aspp", 4, aspp_channels=8)
     m.freeze_bn = True
     m.train()
     bns = [x for x in m.backbone.modules() if isinstance(x, torch.nn.BatchNorm2d)]
@@ -273,7 +266,7 @@ def test_freeze_bn_keeps_backbone_statistics():
 
 
 def test_save_and_load_a_segmentation_model(tmp_path):
-    m = create_segmentation_model("resnet20", 6, "aspp", 4, aspp_channels=8, aspp_rates=[1, 2, 3])
+    m = seg_model("resnet20", 6, "aspp", 4, aspp_channels=8, aspp_rates=[1, 2, 3])
     randomize_bn(m)
     m.eval()
     path = save_weights(m, tmp_path / "seg.safetensors", class_names=list(SHAPE_CLASSES),
@@ -316,42 +309,43 @@ def test_joint_augment_moves_image_and_mask_together():
 # ----------------------------------------------------------------------------------------------- training
 
 def test_resume_gives_the_same_weights(tmp_path):
-    from safetensors.torch import load_file
-
-    from resnetkit.segmentation.train import SegTrainer, resolve
-
+    """Stopped in the middle of an epoch (as SIGTERM does) and resumed in a new Trainer: the same weights
+    and the same metrics as the run that never stopped."""
     data = make_shapes(tmp_path / "data", n_train=8, n_val=2, size=24, seed=0)
 
     def cfg(out):
         return resolve(None, ["data.crop_size=25", "data.min_scale=0.75", "data.max_scale=1.25"],
                        {"data.path": str(data), "model.backbone": "resnet20", "model.head": "slim",
-                        "model.output_stride": 4, "data.batch_size": 4, "schedule.epochs": 2, "run.out": str(out)})
+                        "model.output_stride": 4, "data.batch_size": 4, "schedule.epochs": 2, "run.out": str(out)},
+                       task="segmentation")
 
-    whole = SegTrainer(cfg(tmp_path / "a")).fit()
-    first = SegTrainer(cfg(tmp_path / "b"))
-    first.start()
-    first.run_epoch()  # one epoch, checkpoint written, then the process "dies"
+    class StopAfterStep3:
+        def on_step(self, trainer):
+            if trainer.step == 3:
+                trainer.request_stop()
+
+    whole = Trainer(cfg(tmp_path / "a")).fit()
+    stopped = Trainer(cfg(tmp_path / "b"), hooks=[StopAfterStep3()]).fit()
+    assert stopped["interrupted"] and stopped["step"] == 3 and not (tmp_path / "b" / "model.safetensors").exists()
     torch.manual_seed(123)  # the resumed run must not depend on the global RNG state
-    resumed = SegTrainer(cfg(tmp_path / "b"), resume=True)
-    assert resumed.step == 2 and resumed.epoch == 1
+    resumed = Trainer(cfg(tmp_path / "b"), resume=True)
+    assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (3, 1, 1)
     rest = resumed.fit()
     assert rest["step"] == whole["step"] == 4
+    assert (rest["train_loss"], rest["val_miou"]) == (whole["train_loss"], whole["val_miou"])
     a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_evaluate_split_counts_every_labelled_pixel_of_mixed_sizes():
-    from resnetkit.segmentation import SegSet
-    from resnetkit.segmentation.infer import evaluate_split
-
+def test_evaluate_segmentation_counts_every_labelled_pixel_of_mixed_sizes():
     g = torch.Generator().manual_seed(0)
     sizes = [(20, 31), (33, 17)]
     masks = [torch.randint(0, 3, s, generator=g, dtype=torch.uint8) for s in sizes]
     masks[1][0] = IGNORE
     images = [torch.randint(0, 256, (3, *s), generator=g, dtype=torch.uint8) for s in sizes]
     data = SegSet(images, masks, ["a", "b"], ["bg", "x", "y"])
-    model = create_segmentation_model("resnet20", 3, "slim", 4)
-    ev = evaluate_split(model, data, (0.5,) * 3, (0.25,) * 3)
+    model = seg_model("resnet20", 3, "slim", 4)
+    ev = evaluate_segmentation(model, data, (0.5,) * 3, (0.25,) * 3)
     assert int(ev["confusion"].sum()) == 20 * 31 + 33 * 17 - 17
     assert 0 <= ev["miou"] <= 1 and ev["n"] == 2
 
@@ -362,7 +356,7 @@ def test_aligned_size_puts_the_last_feature_on_the_last_pixel(h, w, stride):
     ah, aw = aligned_size(h, stride), aligned_size(w, stride)
     assert ah >= h and (ah - 1) % stride == 0 and ah - stride < h  # the smallest stride*k + 1 >= h
     with torch.device("meta"):
-        m = create_segmentation_model("resnet18", 2, "slim", stride).eval()
+        m = seg_model("resnet18", 2, "slim", stride).eval()
         logits, ep = m.forward_dict(torch.empty(1, 3, ah, aw))
     # slim's arithmetic: a stride*k + 1 input gives k + 1 features, the corners on the corners
     assert ep["features"].shape[-2:] == ((ah - 1) // stride + 1, (aw - 1) // stride + 1)

@@ -3,22 +3,34 @@ end-to-end properties run as real processes: exact resume after SIGKILL / SIGTER
 
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import resnetkit
-from resnetkit.errors import UserError
-from resnetkit.train import checkpoint
-from resnetkit.train.config import ScheduleCfg, TrainConfig, resolve
+from resnetkit.data import load_dataset
+from resnetkit.errors import ConfigError, UserError
+from resnetkit.train import Trainer, checkpoint, report
+from resnetkit.train.config import (
+    Origin,
+    ScheduleConfig,
+    SegmentationModelConfig,
+    TrainConfig,
+    check_resume,
+    resolve,
+)
 from resnetkit.train.optim import EMA, param_groups
 from resnetkit.train.schedule import BudgetPlanner, lr_at, plan_total_steps
-from resnetkit.weights.io import load, read_metadata, save_weights
+from resnetkit.weights import Preprocessing, load, read_card, save_weights
 
 PRE = {"size": [8, 8], "mean": [0.3], "std": [0.37], "grayscale": True}
 
@@ -38,11 +50,12 @@ def test_weights_roundtrip(tmp_path):
     path = save_weights(m, tmp_path / "w.safetensors", class_names=list("abcdefghij"), preprocessing=PRE,
                         source="unit test", extra={"note": 1})
     assert not [p for p in tmp_path.iterdir() if p.name != "w.safetensors"]  # no temp file left behind
-    meta = read_metadata(path)
-    assert meta["config"] == {"arch": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 1}}
-    assert meta["source"] == "unit test" and meta["extra"] == {"note": 1} and meta["format_version"] == "1"
+    card = read_card(path)
+    assert card.config.to_dict() == {"arch": "resnet20", "kwargs": {"num_classes": 10, "in_chans": 1}}
+    assert card.source == "unit test" and card.extra == {"note": 1}
     m2 = load(path)
-    assert not m2.training and m2.class_names == list("abcdefghij") and m2.preprocessing == PRE
+    assert not m2.training and m2.card == card
+    assert m2.card.class_names == tuple("abcdefghij") and m2.card.preprocessing == Preprocessing.from_dict(PRE)
     for (k, v), (k2, v2) in zip(m.state_dict().items(), m2.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     x = torch.randn(2, 1, 8, 8)
@@ -61,14 +74,21 @@ def test_weights_bad_files(tmp_path):
 
     m = small_model()
     good = save_weights(m, tmp_path / "good.safetensors")
-    meta = {k: v for k, v in _raw_meta(good).items()}
+    meta = _raw_meta(good)
     state = load_file(good)
+    edited = dict(state)
+    edited[next(iter(edited))] = edited[next(iter(edited))] + 1
+    save_file(edited, tmp_path / "edited.safetensors", metadata=meta)
+    with pytest.raises(UserError, match="checksum"):
+        load(tmp_path / "edited.safetensors")
+    # Without the checksum, loading still checks every key and shape.
+    meta = {k: v for k, v in meta.items() if "sha256" not in k}
     missing = dict(state)
     dropped = sorted(missing)[0]
     del missing[dropped]
     missing["extra.thing"] = torch.zeros(1)
     save_file(missing, tmp_path / "keys.safetensors", metadata=meta)
-    with pytest.raises(UserError, match=rf"missing keys: {dropped}; unexpected keys: extra\.thing"):
+    with pytest.raises(UserError, match=rf"missing in .*: {dropped}; unused from .*: extra\.thing"):
         load(tmp_path / "keys.safetensors")
     key = next(k for k, v in state.items() if v.ndim == 4)
     shaped = dict(state)
@@ -79,8 +99,6 @@ def test_weights_bad_files(tmp_path):
 
 
 def _raw_meta(path):
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return f.metadata()
 
@@ -90,28 +108,28 @@ def _raw_meta(path):
 
 def test_step_schedule_matches_the_paper():
     # He et al. 2016 sec. 4.2: lr 0.1, divided by 10 at 32k and 48k, stop at 64k; 0.01 warm-up for ResNet-110.
-    s = ScheduleCfg(name="step", milestones=(32000, 48000), warmup_steps=400, warmup="constant", warmup_lr=0.01)
+    s = ScheduleConfig(name="step", milestones=(32000, 48000), warmup_steps=400, warmup="constant", warmup_lr=0.01)
     lrs = {i: lr_at(i, 64000, 0.1, s) for i in (0, 399, 400, 31999, 32000, 47999, 48000, 63999)}
     assert lrs == pytest.approx({0: 0.01, 399: 0.01, 400: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01,
                                  48000: 0.001, 63999: 0.001})
-    frac = ScheduleCfg(name="step")  # default milestones 0.5, 0.75 of the run
+    frac = ScheduleConfig(name="step")  # default milestones 0.5, 0.75 of the run
     assert lr_at(499, 1000, 0.1, frac) == pytest.approx(0.1) and lr_at(500, 1000, 0.1, frac) == pytest.approx(0.01)
 
 
 def test_cosine_and_warmup():
-    s = ScheduleCfg(name="cosine", warmup_steps=10)
+    s = ScheduleConfig(name="cosine", warmup_steps=10)
     assert lr_at(0, 110, 0.2, s) == pytest.approx(0.02) and lr_at(9, 110, 0.2, s) == pytest.approx(0.2)
     assert lr_at(10, 110, 0.2, s) == pytest.approx(0.2)
     assert lr_at(60, 110, 0.2, s) == pytest.approx(0.1)  # half-way through the decay
     assert lr_at(110, 110, 0.2, s) == pytest.approx(0.0, abs=1e-12)
-    long_warmup = ScheduleCfg(name="cosine", warmup_steps=100)  # longer than the run: clamped to a quarter
+    long_warmup = ScheduleConfig(name="cosine", warmup_steps=100)  # longer than the run: clamped to a quarter
     assert lr_at(9, 40, 1.0, long_warmup) == pytest.approx(1.0) and lr_at(39, 40, 1.0, long_warmup) < 0.01
-    floor = ScheduleCfg(name="cosine", final_lr_frac=0.1)
+    floor = ScheduleConfig(name="cosine", final_lr_frac=0.1)
     assert lr_at(100, 100, 1.0, floor) == pytest.approx(0.1)
 
 
 def test_onecycle():
-    s = ScheduleCfg(name="onecycle")
+    s = ScheduleConfig(name="onecycle")
     assert lr_at(0, 100, 0.4, s) == pytest.approx(0.4 / 25)
     assert lr_at(30, 100, 0.4, s) == pytest.approx(0.4)
     assert lr_at(100, 100, 0.4, s) == pytest.approx(0.4 / 25 / 1e4)
@@ -186,26 +204,123 @@ def test_config_overrides_file_and_errors(tmp_path):
     assert cfg.optim.lr == 0.2 and cfg.optim.nesterov is True and cfg.schedule.milestones == (100.0, 150.0)
     assert cfg.data.pad is None and cfg.run.amp == "bf16" and cfg.schedule.epochs == 3.0
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # Every error is a ConfigError that names the key, never a command-line flag.
     for bad, msg in [("optim.lrr=1", "unknown key optim.lrr"), ("nope.x=1", "unknown section"),
-                     ("optim.lr=fast", "not a valid float"), ("lr=1", "SECTION.KEY=VALUE"),
-                     ("schedule.name=linear", "choose step, cosine or onecycle")]:
-        with pytest.raises(UserError, match=msg):
+                     ("optim.lr=fast", "optim.lr='fast' is not a valid number"), ("lr=1", "SECTION.KEY=VALUE"),
+                     ("schedule.name=linear", "schedule.name='linear': choose step, cosine or onecycle"),
+                     ("run.amp=fp8", "run.amp='fp8': choose none or bf16"),
+                     ("optim.grad_accum=3", "data.batch_size=128 must be a positive multiple of optim.grad_accum=3"),
+                     ("data.path=x", "unknown key data.path for task classification")]:
+        with pytest.raises(ConfigError, match=re.escape(msg)) as e:
             resolve(None, [bad], {"schedule.epochs": 1})
-    with pytest.raises(UserError, match="say how long"):
+        assert "--" not in str(e.value)
+    with pytest.raises(ConfigError, match="say how long"):
         resolve(None, [], {})
 
 
+def test_config_errors_carry_the_key_and_where_it_came_from(tmp_path):
+    """The library names keys and config files; the origin travels with the error so the CLI can name the
+    flag, the --set or the --config file instead."""
+    f = tmp_path / "c.json"
+    f.write_text('{"optim": {"lr": NaN}}')
+    with pytest.raises(ConfigError) as e:
+        resolve(str(f), [], {"schedule.epochs": 1})
+    assert str(e.value) == f"config file {f}: optim.lr=nan: must be a finite number > 0"
+    assert e.value.keys == ("optim.lr",) and e.value.origins == (Origin("file", str(f)),)
+    with pytest.raises(ConfigError) as e:  # the last source that set a key is the one named
+        resolve(str(f), ["optim.lr=Infinity"], {"optim.lr": 0.1, "schedule.epochs": 1})
+    assert e.value.origins == (Origin("override", "optim.lr=Infinity"),) and "optim.lr=inf" in e.value.detail
+    with pytest.raises(ConfigError) as e:
+        resolve(None, [], {"data.batch_size": 100, "optim.grad_accum": 3, "schedule.epochs": 1})
+    assert e.value.keys == ("data.batch_size", "optim.grad_accum") and len(e.value.origins) == 2
+    with pytest.raises(ConfigError, match=r"unknown key optim\.momentun .*did you mean optim\.momentum"):
+        resolve(None, ["optim.momentun=0.5"], {"schedule.epochs": 1})
+
+
+def test_resume_may_change_only_where_and_how_it_runs():
+    saved = resolve(None, [], {"schedule.steps": 10, "run.out": "a"})
+    moved = resolve(None, ["run.threads=3", "run.log_every=5", "data.data_dir=/data", "schedule.max_steps=4"],
+                    {"run.out": "b", "optim.lr": 0.1}, base=saved)  # repeating a saved value is fine
+    assert (moved.run.out, moved.run.threads, moved.schedule.max_steps) == ("b", 3, 4)
+    check_resume(saved, moved)
+    with pytest.raises(ConfigError, match=r"optim\.lr cannot change on resume.*\(optim\.lr=0\.1\)") as e:
+        resolve(None, ["optim.lr=0.2"], base=saved)
+    assert e.value.keys == ("optim.lr",) and "--" not in str(e.value)
+
+
+def test_metrics_appends_are_whole_lines_and_a_torn_one_is_dropped(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    assert report.append_metrics(path, {"epoch": 1, "loss": 0.5}) == 0
+    size = report.append_metrics(path, {"epoch": 2, "loss": float("nan")})
+    assert size == len(path.read_bytes().splitlines(keepends=True)[0])  # the size before, to undo an append
+    path.write_bytes(path.read_bytes() + b'{"epoch": 3, "lo')  # a crash in the middle of a write
+    rows = report.read_metrics(path)
+    assert [r["epoch"] for r in rows] == [1, 2] and "torn last line" in caplog.text
+    report.truncate_metrics(path, 1)
+    assert path.read_text() == '{"epoch": 1, "loss": 0.5}\n'
+    path.write_text('{"epoch": 1}\ngarbage\n{"epoch": 2}\n')
+    with pytest.raises(UserError, match="line 2 is not a metrics row"):
+        report.read_metrics(path)
+
+
+def test_segmentation_config_and_task_in_files(tmp_path):
+    f = tmp_path / "seg.json"
+    f.write_text(json.dumps({"task": "segmentation", "data": {"path": "somewhere", "crop_size": 65}}))
+    cfg = resolve(str(f), ["model.head=aspp"], {"schedule.steps": 5})
+    assert cfg.task == "segmentation" and isinstance(cfg.model, SegmentationModelConfig)
+    assert (cfg.data.crop_size, cfg.model.head, cfg.optim.lr, cfg.run.out) == (65, "aspp", 0.01, "runs/segment")
+    # config.json / the checkpoint hold the task, so a resumed run is rebuilt as what it was.
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ConfigError, match="data.path is required"):
+        resolve(None, [], {"schedule.steps": 5}, task="segmentation")
+    with pytest.raises(ConfigError, match="model.head='fpn': choose slim or aspp"):
+        resolve(None, ["model.head=fpn"], {"schedule.steps": 5, "data.path": "x"}, task="segmentation")
+    with pytest.raises(ConfigError, match="task='classification'"):
+        resolve(str(f), [], {"schedule.steps": 5}, task="classification")  # a file of another task
+    with pytest.raises(ConfigError, match="task='detection'"):
+        TrainConfig.for_task("detection")
+
+
+class Recorder:
+    """A hook: the steps it saw, and one key added to every metrics row."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step(self, trainer):
+        self.steps.append(trainer.step)
+
+    def on_epoch_end(self, trainer, row):
+        return {**row, "seen_steps": len(self.steps)}
+
+
+def test_hooks_max_steps_holdout_and_eval_subset(tmp_path, one_thread):
+    # 1437 digits: the last 137 are held out for evaluation (the first 50 of them used), 128 of the rest
+    # train in batches of 32: 4 steps per epoch, a 2-epoch schedule of 8 steps stopped after 6.
+    cfg = resolve(None, ["data.holdout=137", "data.eval_subset=50", "schedule.max_steps=6"],
+                  {"data.name": "digits", "data.subset": 128, "data.batch_size": 32, "schedule.epochs": 2,
+                   "schedule.name": "step", "run.out": str(tmp_path / "run")})
+    hook = Recorder()
+    trainer = Trainer(cfg, hooks=[hook])
+    digits, _ = load_dataset("digits")
+    assert torch.equal(trainer.task.eval_set.images, digits.images[-137:][:50])  # the held-out tail, not the test
+    assert torch.equal(trainer.task.train_set.images, digits.images[:128])
+    result = trainer.fit()
+    assert hook.steps == [1, 2, 3, 4, 5, 6] and result["step"] == 6 and trainer.total == 8
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"], r["seen_steps"]) for r in rows] == [(1, 4, 4), (2, 6, 6)]
+    # Steps 4 and 5 follow the 8-step schedule (lr / 10 from its half-way point), not a 6-step one.
+    assert rows[-1]["lr"] == pytest.approx(lr_at(5, 8, cfg.optim.lr, cfg.schedule)) == pytest.approx(0.01)
+    assert rows[-1]["test_err"] * 50 == pytest.approx(round(rows[-1]["test_err"] * 50))  # 50 evaluation images
+
+
 def test_rng_state_survives_weights_only_load(tmp_path):
-    import random
-
-    import numpy as np
-
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     state = checkpoint.rng_state()
     expected = (torch.rand(3), np.random.rand(3), random.random())
     checkpoint.atomic_torch_save({"rng": state}, tmp_path / "c.pt")
     torch.manual_seed(0), np.random.seed(0), random.seed(0)
-    checkpoint.set_rng_state(checkpoint.load_checkpoint(tmp_path / "c.pt")["rng"])
+    checkpoint.set_rng_state(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
     assert random.random() == expected[2]
 

@@ -15,12 +15,12 @@ import torchvision
 from PIL import Image
 
 import resnetkit
+from resnetkit import pretrained
 from resnetkit.download import download, safe_extract_tar
 from resnetkit.errors import UserError
 from resnetkit.models import list_models
-from resnetkit.weights import registry
-from resnetkit.weights.io import save_weights
-from resnetkit.weights.preprocess import preprocess
+from resnetkit.weights import PRESETS, imagenet_class_names, preset, save_weights
+from resnetkit.weights.presets import VGG_MEAN_255
 
 SLIM_FIX = Path(__file__).parent / "fixtures" / "tf_slim"
 
@@ -30,13 +30,13 @@ def test_registry_has_the_published_weights():
     expected = {f"resnet_v{v}_{d}.tf_slim" for v in (1, 2) for d in (50, 101, 152)}
     expected |= {f"resnet{d}.tv_in1k" for d in (18, 34, 50, 101, 152)}
     expected |= {f"resnet{d}.tv2_in1k" for d in (50, 101, 152)} | {f"resnet_v2_{d}.keras" for d in (50, 101, 152)}
-    assert set(registry.REGISTRY) == expected
+    assert set(pretrained.REGISTRY) == expected
 
 
-@pytest.mark.parametrize("tag", sorted(registry.REGISTRY))
+@pytest.mark.parametrize("tag", sorted(pretrained.REGISTRY))
 def test_registry_entry_is_consistent(tag):
-    w = registry.REGISTRY[tag]
-    assert w.arch in list_models() and w.preprocessing in registry.PRESETS
+    w = pretrained.REGISTRY[tag]
+    assert w.arch in list_models() and w.preprocessing in PRESETS
     assert w.url.startswith(("http://", "https://")) and w.kind in ("tf-slim", "torchvision", "keras")
     assert 60 < w.top1 < 90 and w.top1 < w.top5 < 100
     assert len(w.class_names()) == w.num_classes
@@ -54,30 +54,30 @@ def test_registry_entry_is_consistent(tag):
 def test_torchvision_entries_match_torchvision_itself():
     from torchvision.models import get_model_weights
 
-    for tag in registry.list_pretrained():
-        w = registry.REGISTRY[tag]
+    for tag in pretrained.list_pretrained():
+        w = pretrained.REGISTRY[tag]
         if w.kind != "torchvision":
             continue
         tv = get_model_weights(w.arch)["IMAGENET1K_V2" if "tv2" in tag else "IMAGENET1K_V1"]
         assert tv.url == w.url
         assert (tv.meta["_metrics"]["ImageNet-1K"]["acc@1"], tv.meta["_metrics"]["ImageNet-1K"]["acc@5"]) == (w.top1,
                                                                                                              w.top5)
-        assert tv.transforms.keywords.get("resize_size", 256) == registry.PRESETS[w.preprocessing]["resize"]
+        assert tv.transforms.keywords.get("resize_size", 256) == PRESETS[w.preprocessing].resize
 
 
 def test_imagenet_class_names():
     from torchvision.models._meta import _IMAGENET_CATEGORIES
 
-    names = registry.imagenet_class_names(1000)
+    names = imagenet_class_names(1000)
     assert names == list(_IMAGENET_CATEGORIES) and names[0] == "tench" and names[-1] == "toilet tissue"
-    assert registry.imagenet_class_names(1001) == ["background", *names]
+    assert imagenet_class_names(1001) == ["background", *names]
     with pytest.raises(ValueError):
-        registry.imagenet_class_names(10)
+        imagenet_class_names(10)
 
 
 def test_unknown_tag_suggests():
     with pytest.raises(UserError, match="did you mean resnet50.tv_in1k"):
-        registry.get_weights("resnet50.tv_in1")
+        pretrained.get_weights("resnet50.tv_in1")
 
 
 # ---------------------------------------------------------------------------------------- download
@@ -182,11 +182,11 @@ def test_round_trip_identical_tensors_and_outputs(tmp_path):
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    pre = registry.preset("inception")
+    pre = preset("inception")
     path = save_weights(model, tmp_path / "m.safetensors", class_names=list("abcde"), preprocessing=pre, source="t")
     loaded = resnetkit.load(path)
     assert loaded.config == model.config and not loaded.training
-    assert loaded.class_names == list("abcde") and loaded.preprocessing == pre
+    assert loaded.card.class_names == tuple("abcde") and loaded.card.preprocessing == pre
     for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert k == k2 and torch.equal(a, b), k
     x = torch.randn(2, 3, 32, 32)
@@ -197,19 +197,19 @@ def test_round_trip_identical_tensors_and_outputs(tmp_path):
 def test_create_model_pretrained_from_file(tmp_path):
     model = resnetkit.create_model("resnet20", num_classes=3).eval()
     path = save_weights(model, tmp_path / "r20.safetensors", class_names=["a", "b", "c"],
-                        preprocessing=registry.preset("torchvision"))
+                        preprocessing=preset("torchvision"))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ref = model(x)
         m = resnetkit.create_model("resnet20", pretrained=path)
-        assert torch.equal(m(x), ref) and m.class_names == ["a", "b", "c"]
+        assert torch.equal(m(x), ref) and m.card.class_names == ("a", "b", "c")
         fcn = resnetkit.create_model("resnet20", pretrained=str(path), global_pool=False)  # same tensors
-        assert fcn(x).shape == (2, 3, 8, 8) and fcn.class_names == ["a", "b", "c"]
+        assert fcn(x).shape == (2, 3, 8, 8) and fcn.card.class_names == ("a", "b", "c")
     with pytest.raises(UserError, match="do not fit"):
         resnetkit.create_model("resnet20", pretrained=path, num_classes=10)
     with pytest.raises(UserError, match="holds a resnet20, not a resnet32"):
         resnetkit.create_model("resnet32", pretrained=path)
-    with pytest.raises(UserError, match="neither a weights file nor a registered tag .*resnet18.tv_in1k"):
+    with pytest.raises(UserError, match="neither a weights file nor a catalogue tag .*resnet18.tv_in1k"):
         resnetkit.create_model("resnet18", pretrained=tmp_path / "nope.safetensors")
     with pytest.raises(UserError, match="are for resnet50"):
         resnetkit.create_model("resnet18", pretrained="resnet50.tv_in1k")
@@ -222,25 +222,25 @@ def test_create_model_pretrained_tag_downloads_checks_converts_once(tmp_path, mo
     src.parent.mkdir()
     torch.save(tv.state_dict(), src)
     prefix = hashlib.sha256(src.read_bytes()).hexdigest()[:8]
-    good = registry.PretrainedWeights("resnet18.test", src.as_uri(), "torchvision", 1000, "torchvision", 70.0, 89.0,
+    good = pretrained.PretrainedWeights("resnet18.test", src.as_uri(), "torchvision", 1000, "torchvision", 70.0, 89.0,
                                       "test", sha256_prefix=prefix)
-    monkeypatch.setitem(registry.REGISTRY, good.tag, good)
+    monkeypatch.setitem(pretrained.REGISTRY, good.tag, good)
     monkeypatch.setenv("RESNETKIT_CACHE", str(tmp_path / "cache"))
 
     model = resnetkit.create_model("resnet18", pretrained="resnet18.test")
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)
-    assert model.class_names[:2] == ["tench", "goldfish"] and model.preprocessing["resize"] == 256
-    assert model.weights_metadata["extra"]["top1"] == 70.0
+    assert model.card.class_names[:2] == ("tench", "goldfish") and model.card.preprocessing.resize == 256
+    assert model.card.metrics["top1"] == 70.0
     assert (tmp_path / "cache" / "converted" / "resnet18.test.safetensors").is_file()
     src.unlink()  # the second call reads the converted cache, no download
     again = resnetkit.create_model("resnet18", pretrained="resnet18.test")
     assert torch.equal(again.logits.weight, model.logits.weight)
 
-    bad = registry.PretrainedWeights("resnet18.bad", (tmp_path / "missing.pth").as_uri(), "torchvision", 1000,
+    bad = pretrained.PretrainedWeights("resnet18.bad", (tmp_path / "missing.pth").as_uri(), "torchvision", 1000,
                                      "torchvision", 70.0, 89.0, "test", sha256_prefix="00000000")
-    monkeypatch.setitem(registry.REGISTRY, bad.tag, bad)
+    monkeypatch.setitem(pretrained.REGISTRY, bad.tag, bad)
     with pytest.raises(UserError, match="cannot download .*missing.pth.*put it at .*downloads/missing.pth"):
         resnetkit.create_model("resnet18", pretrained="resnet18.bad")
 
@@ -250,22 +250,36 @@ def _image(w=300, h=200, seed=0):
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("tag,preset", [("IMAGENET1K_V1", "torchvision"), ("IMAGENET1K_V2", "torchvision_v2")])
-def test_torchvision_presets_equal_torchvision_transforms(tag, preset):
+@pytest.mark.parametrize("tag,name", [("IMAGENET1K_V1", "torchvision"), ("IMAGENET1K_V2", "torchvision_v2")])
+def test_torchvision_presets_equal_torchvision_transforms(tag, name):
     im = _image()
     ref = torchvision.models.ResNet50_Weights[tag].transforms()(im)
-    got = preprocess(im, registry.preset(preset))
+    got = preset(name).transform()(im)
     assert got.shape == (3, 224, 224)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
 
 
 def test_vgg_and_inception_and_keras_presets():
     im = _image(320, 240)
-    vgg = preprocess(im, registry.preset("vgg"))  # pixels minus the RGB means, in 0-255 units
+    vgg = preset("vgg")(im)  # pixels minus the RGB means, in 0-255 units
     raw = np.asarray(im.resize((341, 256), Image.BILINEAR), np.float32)[16:240, 58:282]
-    np.testing.assert_allclose(vgg.numpy(), (raw - registry.VGG_MEAN_255).transpose(2, 0, 1), atol=1e-3)
-    inc = preprocess(im, registry.preset("inception"))
+    np.testing.assert_allclose(vgg.numpy(), (raw - VGG_MEAN_255).transpose(2, 0, 1), atol=1e-3)
+    inc = preset("inception")(im)
     assert inc.shape == (3, 299, 299) and -1 <= inc.min() and inc.max() <= 1
-    k = preprocess(im, registry.preset("keras_tf"))
+    k = preset("keras_tf")(im)
     expected = np.asarray(im.resize((224, 224), Image.BILINEAR), np.float32) / 127.5 - 1
     np.testing.assert_allclose(k.numpy(), expected.transpose(2, 0, 1), atol=1e-5)
+
+
+def test_tar_bombs_are_refused_before_anything_is_written(tmp_path):
+    big = tarfile.TarInfo("ckpt.data")
+    big.size = 100 << 20  # 100 MB of zeros: a ~100 KB .tar.gz
+    archive = _tar(tmp_path / "bomb.tar.gz", [(big, b"\0" * big.size)])
+    assert archive.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match="refused: 1 members of 104,857,600 bytes"):
+        safe_extract_tar(archive, tmp_path / "x")
+    assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == ["bomb.tar.gz"]
+    many = [(tarfile.TarInfo(f"f{i}"), b"") for i in range(30)]
+    with pytest.raises(UserError, match="30 members"):
+        safe_extract_tar(_tar(tmp_path / "many.tar.gz", many), tmp_path / "y", max_members=20)
+    assert safe_extract_tar(archive, tmp_path / "z", max_bytes=101 << 20).is_dir()  # allowed when asked

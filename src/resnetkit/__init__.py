@@ -1,30 +1,28 @@
-"""resnetkit: Residual Networks for PyTorch, faithful to He et al. and to TF-slim."""
+"""resnetkit: Residual Networks for PyTorch, faithful to He et al. and to TF-slim.
 
-from typing import Any
+>>> import resnetkit
+>>> model = resnetkit.create_model("resnet_v2_50", num_classes=1001)          # any registered model
+>>> model = resnetkit.create_model("deeplabv3_resnet_v2_101", output_stride=16)  # segmentation too
+>>> model = resnetkit.load("runs/demo/model.safetensors")                      # model.card says what it is
+>>> resnetkit.predict(model, ["cat.jpg"]); resnetkit.evaluate_file(path, "fashion-mnist")
+>>> from resnetkit.train import TrainConfig, train   # (resnetkit.train is the training package)
+"""
 
-from torch import nn
+import importlib.metadata
 
-from resnetkit import models as _models
-from resnetkit.errors import UserError
-from resnetkit.models import Block, ModelConfig, ResNet, list_models
-from resnetkit.weights.io import load
+from resnetkit import pretrained  # noqa: F401  (installs the resolver behind create_model(pretrained=...))
+from resnetkit.errors import CheckpointError, ConfigError, DependencyError, DownloadError, MissingFileError, UserError
+from resnetkit.export import predict, predict_folder, quantize, segment
+from resnetkit.models import Block, ModelConfig, ResNet, create_model, list_models
+from resnetkit.train import TrainConfig, evaluate, evaluate_file, evaluate_segmentation
+from resnetkit.weights import ModelCard, Preprocessing, load, read_card, save_weights
 
-__version__ = "0.1.0"
+try:
+    __version__ = importlib.metadata.version("resnetkit")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
 
-__all__ = ["Block", "ModelConfig", "ResNet", "UserError", "create_model", "list_models", "load", "__version__"]
-
-
-def create_model(name: str, pretrained: bool | str | None = None, **kwargs: Any) -> nn.Module:
-    """Build a registered model; `model.config` records how.
-
-    `pretrained`: None/False for fresh weights; True for the first registered weights of `name`; a
-    registry tag ('resnet50.tv_in1k', see resnetkit.weights.registry.list_pretrained) to download,
-    check and convert once into the cache; or a path to one of our safetensors files. Pretrained models
-    come back in eval mode with `.class_names` and `.preprocessing`. Keyword arguments go to the ResNet
-    class (num_classes, output_stride, global_pool, ...).
-    """
-    if not pretrained:
-        return _models.create_model(name, **kwargs)
-    from resnetkit.weights.registry import pretrained_model  # models never import weights; this level may
-
-    return pretrained_model(name, pretrained, **kwargs)
+__all__ = ["Block", "CheckpointError", "ConfigError", "DependencyError", "DownloadError", "MissingFileError",
+           "ModelCard", "ModelConfig", "Preprocessing", "ResNet", "TrainConfig", "UserError", "__version__",
+           "create_model", "evaluate", "evaluate_file", "evaluate_segmentation", "list_models", "load", "predict",
+           "predict_folder", "quantize", "read_card", "save_weights", "segment"]

@@ -1,7 +1,7 @@
 """Fetching files (datasets, pretrained weights): a cache folder, downloads checked against a hash, and
 tar extraction that stays inside its folder.
 
-Every network error becomes a one-line DownloadError (a UserError) naming the URL and the path where the
+Every network error becomes a one-line DownloadError (an OSError) naming the URL and the path where the
 file can be put by hand; callers may catch it to add their own advice. A file whose hash does not match
 is never kept.
 """
@@ -19,14 +19,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import atomic_write, expansion_limit
+from resnetkit.errors import CheckpointError, DownloadError
 
 log = logging.getLogger(__name__)
-
-
-class DownloadError(UserError):
-    """The network could not deliver a file (offline, HTTP error, timeout)."""
-
 
 CHUNK = 1 << 20
 
@@ -52,7 +48,7 @@ def file_hashes(path: str | os.PathLike) -> dict[str, str]:
 
 def check_hashes(path: str | os.PathLike, *, sha256: str | None = None, sha256_prefix: str | None = None,
                  md5: str | None = None, label: str | None = None) -> dict[str, str]:
-    """The file's hashes; a UserError (naming `label`, default the path) when one of the given
+    """The file's hashes; a CheckpointError (naming `label`, default the path) when one of the given
     expectations fails. With none given, the sha256 is logged so that the first download can be pinned."""
     got = file_hashes(path)
     checks = [("sha256", sha256, got["sha256"] == (sha256 or "").lower()),
@@ -61,8 +57,8 @@ def check_hashes(path: str | os.PathLike, *, sha256: str | None = None, sha256_p
     for what, expected, ok in checks:
         if expected and not ok:
             actual = got["md5"] if what == "md5" else got["sha256"]
-            raise UserError(f"{label or path}: {what} {actual} does not match the published {expected}; the file is "
-                            "corrupt or not the one expected (a cached copy can be deleted to fetch it again)")
+            raise CheckpointError(f"{label or path}: {what} {actual} does not match the published {expected}; the "
+                                  "file is corrupt or not the one expected (delete a cached copy to fetch it again)")
     if not (sha256 or sha256_prefix or md5):
         log.warning("%s: no published checksum to check against; its sha256 is %s", label or path, got["sha256"])
     return got
@@ -73,18 +69,16 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sh
              opener: Callable = urllib.request.urlopen) -> Path:
     """`url` -> `dest` through a temp file in the same folder, renamed only once its hash checks out.
 
-    An existing `dest` is checked and reused. Offline or HTTP errors raise a UserError that says where to
+    An existing `dest` is checked and reused. Offline or HTTP errors raise a DownloadError that says where to
     put the file by hand. `opener` is urllib's `urlopen` (tests pass their own).
     """
     dest = Path(dest)
     if dest.is_file():
         check_hashes(dest, sha256=sha256, sha256_prefix=sha256_prefix, md5=md5)
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     log.info("downloading %s -> %s", url, dest)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_write(dest, suffix=".part") as tmp:  # renamed into place only once the hash checks out
+        with open(tmp, "wb") as f:
             req = urllib.request.Request(url, headers={"User-Agent": "resnetkit"})
             try:
                 with opener(req, timeout=timeout_s) as r:
@@ -94,19 +88,25 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, sh
                 raise DownloadError(f"cannot download {url} ({reason}); without network, fetch it elsewhere and put "
                                     f"it at {dest}") from None
         check_hashes(tmp, sha256=sha256, sha256_prefix=sha256_prefix, md5=md5, label=url)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
 
 
-def safe_extract_tar(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
-    """Extract a tar archive (any compression) into `target`, refusing what could escape it.
+MAX_MEMBERS = 10_000
+
+
+def safe_extract_tar(archive: str | os.PathLike, target: str | os.PathLike, *, max_bytes: int | None = None,
+                     max_members: int = MAX_MEMBERS) -> Path:
+    """Extract a tar archive (any compression) into `target`, refusing what could escape it or flood the
+    disk.
 
     Every member is checked before anything is written: absolute names, `..` components, symlinks,
-    hard links and device files are refused with a UserError. Extraction goes to a temp folder beside
-    `target`, renamed into place at the end, so a failure leaves no half-extracted `target`.
+    hard links and device files are refused with a CheckpointError, and so are archives of more than
+    `max_members` members or whose members add up to more than `max_bytes` (default: 4x the archive's
+    size plus 64 MiB; the headers declare the sizes, so nothing is extracted to find out). Extraction
+    goes to a temp folder beside `target`, renamed into place at the end, so a failure leaves no
+    half-extracted `target`.
     """
+    limit = expansion_limit(archive, max_bytes) if Path(archive).is_file() else 0
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")).resolve()
@@ -114,22 +114,28 @@ def safe_extract_tar(archive: str | os.PathLike, target: str | os.PathLike) -> P
         try:
             tar = tarfile.open(archive)
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise UserError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e})") from None
+            raise CheckpointError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e})") from None
         with tar:
             try:
                 members = tar.getmembers()
             except (tarfile.TarError, OSError, EOFError) as e:  # truncated
-                raise UserError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e})") from None
+                raise CheckpointError(f"{archive}: not a readable tar archive ({type(e).__name__}: {e})") from None
+            total = sum(m.size for m in members if m.isfile())
+            if len(members) > max_members or total > limit:
+                raise CheckpointError(f"{archive}: refused: {len(members)} members of {total:,} bytes in all, over "
+                                      f"the limit of {max_members:,} members and {limit:,} bytes (pass max_bytes= "
+                                      "for a larger archive)")
             for m in members:
                 dest = (tmp / m.name).resolve()
                 if not (m.isfile() or m.isdir()):
-                    raise UserError(f"{archive}: refusing member {m.name!r} (links and devices are not allowed)")
+                    raise CheckpointError(f"{archive}: refusing member {m.name!r} (links and devices are not allowed)")
                 if os.path.isabs(m.name) or (dest != tmp and tmp not in dest.parents):
-                    raise UserError(f"{archive}: refusing member {m.name!r}, it would be written outside {target}")
+                    raise CheckpointError(f"{archive}: refusing member {m.name!r}, it would be written outside "
+                                          f"{target}")
             try:
                 tar.extractall(tmp, members=members, filter="data")
             except (tarfile.TarError, OSError, EOFError) as e:  # truncated archive
-                raise UserError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
+                raise CheckpointError(f"{archive}: cannot extract ({type(e).__name__}: {e})") from None
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -7,8 +7,6 @@ compiles and ONNX Runtime allocates its buffers), as airbench does for compile t
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -16,24 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-
-def machine_info(threads: int | None = None) -> dict:
-    """CPU model, core count, library versions and the thread count in force."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__,
-            "threads": threads or torch.get_num_threads()}
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = "not installed"
-    return info
+from resnetkit.export.backends import make_backend
 
 
 def _percentile(xs: list[float], q: float) -> float:
@@ -77,8 +58,6 @@ def bench_backends(model: nn.Module, backends: list[str], *, batch: int, input_s
     Returns one row per backend: name, setup_s, first_s, img_s (batch / median), median_ms, p90_ms,
     mean_ms, std_ms, n. `calib` feeds onnxruntime-int8 (random images when None: speed only).
     """
-    from resnetkit.export.backends import make_backend
-
     if threads:
         torch.set_num_threads(threads)
     x = torch.randn(batch, in_chans, *input_size, generator=torch.Generator().manual_seed(0))

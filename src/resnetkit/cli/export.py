@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
+import torchvision
+
+from resnetkit._helpers import atomic_write_json, check_output
+from resnetkit.bench import bench_backends, format_table, machine_info
+from resnetkit.cli.models import parse_size as _size
 from resnetkit.errors import UserError
+from resnetkit.export import BACKENDS, quantize
+from resnetkit.export.formats import DEFAULT_OPSET, export_file
+from resnetkit.export.ort import require_onnxruntime
+from resnetkit.models import create_model
+from resnetkit.weights import input_shape, load
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BENCH_BACKENDS = "eager,channels_last,onnxruntime"
-
-
-def _size(text: str) -> tuple[int, int]:
-    from resnetkit.cli.models import parse_size
-
-    return parse_size(text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-n", type=int, default=0, metavar="N",
                    help="with --int8: top-1 of fp32 and int8 on the first N test images of --calib-data (0: skip)")
     p.add_argument("--data-dir", help="folder holding the dataset files")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="inference throughput and latency of a model under several backends")
@@ -51,101 +56,50 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=20, help="timed calls per backend (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine description as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=cmd_bench)
 
 
 # -- export --------------------------------------------------------------------------------
 
 
-def _input_size(model, size: tuple[int, int] | None) -> tuple[int, int]:
-    if size is not None:
-        return size
-    pre = getattr(model, "preprocessing", None) or {}
-    if pre.get("size"):
-        return tuple(pre["size"])
-    from resnetkit.models import model_defaults
-
-    s = model_defaults(model.config.arch)["input_size"]
-    return (s, s)
-
-
-def _in_chans(model) -> int:
-    conv = model.conv1 if not hasattr(model.conv1, "conv") else model.conv1.conv
-    return conv.in_channels
-
-
 def cmd_export(args: argparse.Namespace) -> int:
-    from resnetkit.export import prepare_for_inference
-    from resnetkit.export.formats import DEFAULT_OPSET, FORMATS, default_output, export_model
-    from resnetkit.weights.io import load
-
-    if args.format not in FORMATS:
-        raise UserError(f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}")
     if args.int8 and args.format != "onnx":
         raise UserError("--int8 needs --format onnx (int8 models are quantised with ONNX Runtime)")
     if args.int8 and not args.calib_data:
         raise UserError("--int8 needs --calib-data DATASET (training images to calibrate on)")
-    if args.format == "onnx":
-        from resnetkit.export.backends import require_onnxruntime
-
-        require_onnxruntime()  # fail before the (slow) export, with the install hint
-    model = load(args.weights)
-    size, in_chans = _input_size(model, args.input), _in_chans(model)
-    out = Path(args.out) if args.out else default_output(args.weights, args.format)
-    net = model if args.no_fold else prepare_for_inference(model, channels_last=False)
-    result = export_model(net, out, args.format, input_size=size, in_chans=in_chans,
-                          opset=args.opset or DEFAULT_OPSET, dynamic_size=args.dynamic_size or None,
-                          reference=model)
+    if args.int8 and (args.calib_n < 1 or args.eval_n < 0):  # checked before the export, not after it
+        raise UserError(f"--calib-n {args.calib_n} must be at least 1 and --eval-n {args.eval_n} at least 0")
+    result = export_file(args.weights, args.out, args.format, input_size=args.input, fold_bn=not args.no_fold,
+                         dynamic_size=args.dynamic_size or None,
+                         opset=args.opset if args.opset is not None else DEFAULT_OPSET, overwrite=args.overwrite,
+                         allow_nonfinite=args.allow_nonfinite)
+    out = result["path"]
     worst = max((c["rel"] for c in result["checks"]), default=0.0)
     shapes = ", ".join("x".join(map(str, c["input"])) for c in result["checks"])
     dims = "batch, H, W" if result["dynamic_size"] else "batch"
     print(f"wrote {out} ({args.format}, dynamic {dims}); checked against eager on {shapes}: "
           f"max relative error {worst:.2g}")
     if args.int8:
-        _export_int8(args, model, out, size)
+        _export_int8(args, load(args.weights, allow_nonfinite=args.allow_nonfinite), out)
     return 0
 
 
-def _export_int8(args: argparse.Namespace, model, fp32_path: Path, size: tuple[int, int]) -> None:
-    import torch
-
-    from resnetkit.export.backends import OrtBackend, ort_session
-    from resnetkit.export.quantize import calibration_images, quantize_onnx
-
-    calib = calibration_images(args.calib_data, model.preprocessing, n=args.calib_n, data_dir=args.data_dir)
-    if tuple(calib.shape[2:]) != tuple(size):
-        raise UserError(f"{args.calib_data} images are {tuple(calib.shape[2:])}, the model takes {size}")
-    qpath = fp32_path.with_name(fp32_path.name.removesuffix(".onnx") + ".int8.onnx")
-    quantize_onnx(fp32_path, qpath, calib)
-    print(f"wrote {qpath} (int8: static QDQ, per-channel weights, {len(calib)} calibration images "
+def _export_int8(args: argparse.Namespace, model, fp32_path: Path) -> None:
+    r = quantize(model, fp32_path, args.calib_data, calib_n=args.calib_n, eval_n=args.eval_n, data_dir=args.data_dir,
+                 overwrite=args.overwrite)
+    print(f"wrote {r['path']} (int8: static QDQ, per-channel weights, {r['calib_n']} calibration images "
           f"from {args.calib_data})")
     if args.eval_n:
-        from resnetkit.data import load_dataset, normalize
-
-        _, test = load_dataset(args.calib_data, args.data_dir, image_size=size[0], channels=_in_chans(model))
-        pre = model.preprocessing or {}
-        mean, std = torch.tensor(pre.get("mean") or test.mean), torch.tensor(pre.get("std") or test.std)
-        preds = {"fp32": [], "int8": []}
-        for name, p in (("fp32", fp32_path), ("int8", qpath)):
-            run = OrtBackend(name, ort_session(p), 0.0)
-            for i in range(0, min(args.eval_n, len(test)), 256):
-                x = normalize(test.images[i:min(i + 256, args.eval_n)], mean, std)
-                preds[name].append(run(x).argmax(1))
-        fp32, int8 = torch.cat(preds["fp32"]), torch.cat(preds["int8"])
-        labels = test.labels[:len(fp32)]
-        acc = {k: float((v == labels).float().mean()) for k, v in (("fp32", fp32), ("int8", int8))}
-        print(f"{args.calib_data} test, first {len(fp32)} images: top-1 fp32 {100 * acc['fp32']:.2f}%  "
-              f"int8 {100 * acc['int8']:.2f}%  ({100 * (acc['int8'] - acc['fp32']):+.2f} points); "
-              f"int8 agrees with fp32 on {100 * float((fp32 == int8).float().mean()):.2f}%")
+        print(f"{args.calib_data} test, first {r['n']} images: top-1 fp32 {100 * r['top1_fp32']:.2f}%  "
+              f"int8 {100 * r['top1_int8']:.2f}%  ({100 * (r['top1_int8'] - r['top1_fp32']):+.2f} points); "
+              f"int8 agrees with fp32 on {100 * r['agreement']:.2f}%")
 
 
 # -- bench ---------------------------------------------------------------------------------
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from resnetkit.bench import bench_backends, format_table, machine_info
-    from resnetkit.export.backends import BACKENDS
-
     if bool(args.model) == bool(args.weights):
         raise UserError("give exactly one of --model NAME or --weights FILE")
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
@@ -153,31 +107,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if unknown or not backends:
         raise UserError(f"unknown backend {', '.join(unknown) or '(none)'}; choose from {', '.join(BACKENDS)}")
     if any(b.startswith("onnxruntime") for b in backends):
-        from resnetkit.export.backends import require_onnxruntime
-
         require_onnxruntime()
-    if args.batch < 1 or args.iters < 1:
-        raise UserError("--batch and --iters must be at least 1")
+    if args.batch < 1 or args.iters < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        raise UserError("--batch, --iters and --threads must be at least 1, --warmup at least 0")
+    if args.json:
+        check_output(args.json, overwrite=args.overwrite)
     if args.weights:
-        from resnetkit.weights.io import load
-
         model = load(args.weights)
         name = model.config.arch
     else:
-        from resnetkit.models import create_model
-
         model, name = create_model(args.model).eval(), args.model
-    size = _input_size(model, args.input)
+    in_chans, *size = input_shape(model, args.input)
+    size = tuple(size)
     reference = {}
     if name == "resnet50":
-        import torchvision
-
         reference["torchvision resnet50"] = torchvision.models.resnet50()
     info = machine_info(args.threads)
-    print(f"{name}  batch {args.batch}  input {_in_chans(model)}x{size[0]}x{size[1]}  fp32")
+    print(f"{name}  batch {args.batch}  input {in_chans}x{size[0]}x{size[1]}  fp32")
     print(f"cpu: {info['cpu']} ({info['cores']} cores)  threads: {info['threads']}  torch {info['torch']}  "
           f"onnxruntime {info['onnxruntime']}")
-    rows = bench_backends(model, backends, batch=args.batch, input_size=size, in_chans=_in_chans(model),
+    rows = bench_backends(model, backends, batch=args.batch, input_size=size, in_chans=in_chans,
                           threads=args.threads, iters=args.iters, warmup=args.warmup, reference=reference)
     baseline = next(iter(reference), None)
     print(format_table(rows, baseline=f"{baseline} (eager)" if baseline else "eager"))
@@ -187,6 +136,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print("onnxruntime-int8 was calibrated on random images: its speed is real, its accuracy is not "
               "(use `resnetkit export --int8 --calib-data ... --eval-n N` for that)")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(model=name, batch=args.batch, input=size, machine=info,
-                                                   rows=rows), indent=2) + "\n")
+        atomic_write_json(args.json, dict(model=name, batch=args.batch, input=size, machine=info, rows=rows))
     return 0

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from resnetkit.errors import UserError
-from resnetkit.models import list_models, model_defaults
+from resnetkit.models import TASKS, list_models, model_defaults
 from resnetkit.models.profile import profile_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list every model with parameters and MACs")
     p.add_argument("pattern", nargs="?", help="shell pattern to filter names, e.g. 'resnet_v2_*'")
+    p.add_argument("--task", choices=TASKS, help="only classification or only segmentation models")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("summary", help="end points of a model with their shapes, plus totals")
@@ -46,14 +47,16 @@ def _human(n: float) -> str:
 
 
 def cmd_models(args) -> int:
-    names = list_models(args.pattern)
+    names = list_models(args.pattern, task=args.task)
     if not names:
         raise UserError(f"no model matches {args.pattern!r}; run `resnetkit models` for the list")
-    print(f"{'name':<20} {'family':<12} {'input':>6} {'params':>12} {'MACs':>9}")
+    width = max(len(n) for n in names)
+    print(f"{'name':<{width}} {'task':<14} {'family':<12} {'input':>6} {'params':>12} {'MACs':>9}")
     for name in names:
         d = model_defaults(name)
         r = profile_model(name)
-        print(f"{name:<20} {d['family']:<12} {d['input_size']:>6} {r['params']:>12,} {_human(r['macs']):>9}")
+        print(f"{name:<{width}} {d['task']:<14} {d['family']:<12} {d['input_size']:>6} {r['params']:>12,} "
+              f"{_human(r['macs']):>9}")
     return 0
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
+from resnetkit._helpers import machine_info
 from resnetkit.errors import UserError
+from resnetkit.reproduce import runner
+from resnetkit.reproduce.cifar import ITERATIONS, RECIPES, cifar_config, paper_error
+from resnetkit.reproduce.degradation import Recipe, check_report_dir, checks, parse_depths, run_degradation
+from resnetkit.reproduce.report import command_line, write_cifar, write_degradation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from resnetkit.reproduce.cifar import RECIPES
-
     p = sub.add_parser("reproduce", help="reproduce the ResNet papers' experiments (degradation, CIFAR recipes)")
     rsub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
 
@@ -35,7 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 is far faster on a busy shared CPU)")
-    d.add_argument("--out", default="runs/degradation", help="report folder; each net trains in OUT/runs/ARCH")
+    d.add_argument("--out", default="runs/degradation",
+                   help="report folder (new, empty, or this experiment's: finished runs of the same recipe are "
+                        "reused); each net trains in OUT/runs/ARCH")
     d.add_argument("--note", default="", help="text (or @FILE) added to the report under 'Notes'")
     d.add_argument("--render", metavar="JSON", help="rewrite the PNG and markdown in --out from a saved "
                    "degradation.json (e.g. with a new --note); trains nothing")
@@ -56,7 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--eval-subset", type=int, default=0, metavar="N", help="evaluate on the first N images only")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--threads", type=int, default=0)
-    c.add_argument("--out", help="run directory (default runs/cifar/MODEL)")
+    c.add_argument("--out", help="run directory: a new or empty folder, or with --resume the run to continue "
+                                 "(default runs/cifar/MODEL)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue the run in --out with the same arguments (only --threads and --max-steps may "
+                        "change)")
     c.add_argument("--dry-run", action="store_true",
                    help="print the resolved config and the paper's figure; train nothing")
     c.set_defaults(func=cmd_cifar)
@@ -67,29 +77,43 @@ def _note(text: str) -> str:
         p = Path(text[1:])
         if not p.is_file():
             raise UserError(f"--note {text}: no such file")
-        return p.read_text()
+        try:
+            return p.read_bytes()[:1 << 20].decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"--note {text}: cannot read it as text ({e})") from None
     return text
 
 
-def cmd_degradation(args: argparse.Namespace) -> int:
-    from resnetkit.reproduce.degradation import Recipe, parse_depths, run_degradation
-    from resnetkit.reproduce.report import command_line, write_degradation
+def _need(ok: bool, flag: str, value, want: str) -> None:
+    if not ok:
+        raise UserError(f"{flag} {value}: {want}")
 
+
+def _finite(x) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def cmd_degradation(args: argparse.Namespace) -> int:
     if args.render:
         return _render(args)
     if args.epochs is None and args.budget_min is None:
         raise UserError("say how long to train: --epochs N or --budget-min M")
     depths = parse_depths(args.depths)
-    for name in ("subset", "test_subset", "train_probe", "warmup_steps", "threads"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0")
-    if (args.epochs is not None and args.epochs <= 0) or (args.budget_min is not None and args.budget_min <= 0):
-        raise UserError("--epochs and --budget-min must be positive")
+    for name in ("subset", "test_subset", "train_probe", "warmup_steps", "threads", "seed"):
+        _need(getattr(args, name) >= 0, f"--{name.replace('_', '-')}", getattr(args, name), "must be >= 0")
+    if args.epochs is not None:
+        _need(0 < args.epochs <= 10**6, "--epochs", args.epochs, "must be a positive number of epochs")
+    if args.budget_min is not None:
+        _need(_finite(args.budget_min) and 0 < args.budget_min <= 60 * 24 * 366, "--budget-min", args.budget_min,
+              "must be a finite, positive number of minutes")
+    _need(args.batch_size >= 1, "--batch-size", args.batch_size, "must be >= 1")
+    _need(_finite(args.lr) and args.lr > 0, "--lr", args.lr, "must be a finite number > 0")
     _note(args.note)  # fail early on a missing file; it is read again at the end, so it can be written meanwhile
+    out = Path(args.out)
+    check_report_dir(out)
     recipe = Recipe(data=args.data, data_dir=args.data_dir, subset=args.subset, epochs=args.epochs or 0,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
                     warmup_steps=args.warmup_steps, test_subset=args.test_subset, train_probe=args.train_probe)
-    out = Path(args.out)
     result = run_degradation(recipe, depths, out / "runs", budget_min=args.budget_min or 0.0, command=command_line())
     paths = write_degradation(result, out, _note(args.note))
     print(_degradation_table(result))
@@ -98,17 +122,20 @@ def cmd_degradation(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from resnetkit.reproduce.degradation import checks
-    from resnetkit.reproduce.report import write_degradation
-
     p = Path(args.render)
+    out = Path(args.out)
+    check_report_dir(out)
+    note = _note(args.note) if args.note else None
     try:
-        result = json.loads(p.read_text())
+        result = json.loads(p.read_bytes()[:64 << 20].decode("utf-8"))
         result["checks"] = checks(result["runs"])  # recomputed with the current rules
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"--render {p}: not a degradation.json ({e})") from e
-    paths = write_degradation(result, Path(args.out), _note(args.note) if args.note else result.get("note", ""))
-    print(_degradation_table(result))
+        table = _degradation_table(result)
+        paths = write_degradation(result, out, note if note is not None else str(result.get("note", "")))
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError, IndexError) as e:
+        if isinstance(e, OSError) and e.filename and Path(e.filename) != p:
+            raise  # writing the report failed: the disk's fault, reported as such
+        raise UserError(f"--render {p}: not a degradation.json ({type(e).__name__}: {e})") from None
+    print(table)
     print(f"wrote {paths['png']}, {paths['md']} and {paths['json']} (from {p}; nothing trained)")
     return 0
 
@@ -126,15 +153,12 @@ def _degradation_table(result: dict) -> str:
 
 
 def cmd_cifar(args: argparse.Namespace) -> int:
-    from resnetkit.reproduce import runner
-    from resnetkit.reproduce.cifar import ITERATIONS, RECIPES, cifar_config, paper_error
-    from resnetkit.reproduce.report import command_line, machine_info, write_cifar
-
-    if args.max_steps < 0 or args.val_split < 0 or args.eval_subset < 0:
-        raise UserError("--max-steps, --val-split and --eval-subset must be >= 0")
+    for name in ("max_steps", "val_split", "eval_subset", "seed", "threads"):
+        _need(getattr(args, name) >= 0, f"--{name.replace('_', '-')}", getattr(args, name), "must be >= 0")
     out = args.out or f"runs/cifar/{args.model}"
     cfg = cifar_config(args.model, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size, out=out,
-                       seed=args.seed, threads=args.threads)
+                       seed=args.seed, threads=args.threads, holdout=args.val_split, eval_subset=args.eval_subset,
+                       max_steps=args.max_steps)
     rec, err = RECIPES[args.model], paper_error(args.model, args.batch_size)
     source = rec.paper if err == rec.test_err_pct else (f"batch 64, the authors' released code; the paper's "
                                                          f"{rec.test_err_pct:.2f}% is at batch 128")
@@ -147,17 +171,16 @@ def cmd_cifar(args: argparse.Namespace) -> int:
         print(paper_line)
         return 0
     machine, t0 = machine_info(args.threads), time.perf_counter()
-    trainer = runner.ProbedTrainer(cfg, val_split=args.val_split, test_subset=args.eval_subset,
-                                   max_steps=args.max_steps)
-    result = trainer.fit()
+    result, _ = runner.run(cfg, resume=args.resume)
     if result.get("interrupted"):
         return result["exit_code"]
+    history = runner.read_history(out)  # every epoch, those before a --resume included
     eval_on = f"last {args.val_split} training images" if args.val_split else "test set"
     if args.eval_subset:
         eval_on = f"first {args.eval_subset} of the {eval_on}"
     report = {"arch": args.model, "data": args.data, "paper": rec.paper, "paper_err_pct": err,
-              "paper_steps": ITERATIONS, "step": result["step"], "eval_on": eval_on, "final": trainer.history[-1],
-              "history": trainer.history, "config": cfg.to_dict(), "command": command_line(),
+              "paper_steps": ITERATIONS, "step": result["step"], "eval_on": eval_on, "final": history[-1],
+              "history": history, "config": cfg.to_dict(), "command": command_line(),
               "wall_s": time.perf_counter() - t0, "machine": machine}
     paths = write_cifar(report, Path(out))
     print(f"{args.model}: this run {100 * result['test_err']:.2f}% error on the {eval_on} after {result['step']} "

@@ -1,43 +1,61 @@
-"""`resnetkit train`, `resnetkit eval`, `resnetkit predict`: thin wrappers over resnetkit.train."""
+"""`resnetkit train`: a thin wrapper over resnetkit.train.train (classification and segmentation)."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
+import os
 import sys
-from pathlib import Path
 
-from resnetkit.cli import segment
-from resnetkit.errors import UserError
+from resnetkit.errors import ConfigError, MissingFileError, UserError
+from resnetkit.train import TrainConfig, run_config, train
+from resnetkit.train.config import RESUMABLE, config_error, load_config_file, resolve_with_origins
 
 TRAIN_EXAMPLES = """\
 examples:
-  resnetkit train --model resnet20 --data fashion_mnist --budget-min 5 --out runs/fm
+  resnetkit train --model resnet20 --data fashion-mnist --budget-min 5 --out runs/fm
   resnetkit train --model resnet110 --data cifar10 --set schedule.name=step --set schedule.steps=64000 \\
       --set schedule.milestones=[32000,48000] --set schedule.warmup=constant --set schedule.warmup_steps=400
   resnetkit train --out runs/fm --resume          # continue exactly where the checkpoint left off
+  resnetkit train --out runs/fm --resume --threads 4   # only where it runs may change on --resume
   torchrun --nproc_per_node 2 -m resnetkit train --data cifar10 --epochs 160 --out runs/c10
+  resnetkit train --task segmentation --data data/shapes --model resnet20 --head aspp --output-stride 4 \\
+      --crop-size 65 --batch-size 16 --epochs 10 --out runs/seg
 
-config sections for --set / --config: model, data, optim, schedule, run (RUN_DIR/config.json lists them all)
-"""
+config sections for --set / --config: model, data, optim, schedule, run (RUN_DIR/config.json lists them all;
+a config file may also say task = "segmentation")
+
+run directory (--out): a new run starts only in a new or empty folder and marks it with .resnetkit-run;
+a folder with that marker and a checkpoint is continued with --resume; any other folder is refused, so no
+file of yours is replaced, deleted or appended to.
+--resume goes on with the run's saved config. Only these may change (--threads, --data-dir, --out, --set):
+  {resumable}
+any other flag, --set or --config value that differs from the saved one is refused by name.
+""".format(resumable=", ".join(RESUMABLE))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model on an in-memory dataset (torchrun for several processes)",
+    p = sub.add_parser("train", help="train a classification or segmentation model (torchrun for several processes)",
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="registered model name, e.g. resnet20 (default resnet20)")
-    p.add_argument("--data", help="fashion_mnist, mnist, cifar10, cifar100, digits, or folder:PATH")
+    p.add_argument("--task", choices=["classification", "segmentation"],
+                   help="default classification (or the --config file's task); segmentation: --data is a "
+                        "VOC-layout folder (see `resnetkit data make-shapes`)")
+    p.add_argument("--model", help="registered model name, e.g. resnet20 (segmentation: the backbone; default "
+                                   "resnet20, segmentation resnet18)")
+    p.add_argument("--data", help="fashion-mnist, mnist, cifar10, cifar100, digits, or folder:PATH (segmentation: "
+                                  "a VOC-layout or pairs-layout folder)")
     p.add_argument("--data-dir", help="folder holding the dataset files (default: system folder, cache, download)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="train for N epochs")
     length.add_argument("--budget-min", type=float, metavar="M",
                         help="fit the whole schedule (warm-up and decay) into M minutes of wall time")
-    p.add_argument("--out", help="run directory (default runs/train)")
+    p.add_argument("--out", help="run directory: a new or empty folder, or with --resume the run to continue "
+                                 "(default runs/train, segmentation runs/segment)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 128)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, with its saved config (see below)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (0 = torch's default; run.threads)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 128, segmentation 8)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1, segmentation 0.01)")
     p.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
     p.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast")
     p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
@@ -47,161 +65,111 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true", default=None, help="image folders: fail on unreadable images")
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of sections, e.g. [optim] lr = 0.2")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override any config value, e.g. --set optim.lr=0.2 --set schedule.name=step")
-    p.add_argument("--task", choices=["classification", "segmentation"], default="classification",
-                   help="segmentation: --data is a VOC-layout folder (see `resnetkit data make-shapes`)")
-    segment.add_train_arguments(p)
+                   help="override any config value, e.g. --set optim.lr=0.2 --set optim.grad_accum=2")
+    add_train_arguments(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and a confusion matrix for a weights file")
-    p.add_argument("--weights", required=True, help="a model.safetensors written by `resnetkit train`")
-    p.add_argument("--data", required=True, help="dataset whose test split to evaluate (see train --data)")
-    p.add_argument("--data-dir")
-    p.add_argument("--out", help="folder for eval.json and confusion_matrix.png (default: next to the weights)")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--backend", default="eager", help="eager (default), channels_last, compile or onnxruntime")
-    segment.add_eval_arguments(p)
-    p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="classify images with a weights file, using its own preprocessing")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    p.add_argument("--backend", default="eager", help="eager (default), channels_last, compile or onnxruntime")
-    p.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
-                   help="stream rows to a CSV or JSONL file instead of printing (large folders: DataLoader "
-                        "workers decode, a progress bar shows the rate)")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes with --out (default 2)")
-    p.set_defaults(func=cmd_predict)
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Segmentation-only flags of `resnetkit train` (used with --task segmentation)."""
+    g = p.add_argument_group("segmentation (--task segmentation)")
+    g.add_argument("--head", choices=["slim", "aspp"], help="slim: 1x1 logits; aspp: DeepLabv3 (default slim)")
+    g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32], help="backbone output stride (default 16)")
+    g.add_argument("--backbone-weights", metavar="FILE", help="classification model.safetensors for the backbone")
+    g.add_argument("--freeze-bn", action="store_true", default=None,
+                   help="keep the backbone's BatchNorm statistics frozen (small-batch fine-tuning)")
+    g.add_argument("--crop-size", type=int, help="training crop, ideally 32k+1 (default 321)")
+    g.add_argument("--min-scale", type=float, help="random scale range (default 0.5 .. 2.0)")
+    g.add_argument("--max-scale", type=float)
 
 
-# -- train ---------------------------------------------------------------------------------
+# argparse dest -> config key: for every task, then each task's own
+COMMON_FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out": "run.out", "seed": "run.seed",
+                "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
+                "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
+                "threads": "run.threads"}
+TASK_FLAGS = {
+    "classification": {"model": "model.arch", "data": "data.name", "data_dir": "data.data_dir",
+                       "strict": "data.strict"},
+    "segmentation": {"model": "model.backbone", "data": "data.path", "head": "model.head",
+                     "output_stride": "model.output_stride", "backbone_weights": "model.backbone_weights",
+                     "freeze_bn": "model.freeze_bn", "crop_size": "data.crop_size", "min_scale": "data.min_scale",
+                     "max_scale": "data.max_scale"},
+}
 
-FLAGS = {"model": "model.arch", "data": "data.name", "data_dir": "data.data_dir", "epochs": "schedule.epochs",
-         "budget_min": "schedule.budget_min", "out": "run.out", "seed": "run.seed", "batch_size": "data.batch_size",
-         "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp", "channels_last": "run.channels_last",
-         "compile": "run.compile", "deterministic": "run.deterministic", "strict": "data.strict"}
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from resnetkit.train import TrainConfig, resolve, train
-    from resnetkit.train.config import apply_nested
-
-    if args.task == "segmentation":
-        return segment.cmd_train_segmentation(args)
-    flags = {dotted: getattr(args, name) for name, dotted in FLAGS.items()}
-    if args.resume:
-        # The run continues with the config saved in its checkpoint; only --out is needed.
-        cfg = apply_nested(TrainConfig(), {"run": {"out": args.out or TrainConfig().run.out}})
-    else:
-        if args.budget_min is not None:
-            flags["schedule.epochs"] = 0.0
-        cfg = resolve(args.config, args.set, flags)
-    return train(cfg, resume=args.resume)["exit_code"]
-
-
-# -- eval ----------------------------------------------------------------------------------
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    if segment.is_segmentation_weights(args.weights):
-        return segment.cmd_eval_segmentation(args)
-    import dataclasses
-
-    import torch
-
-    from resnetkit.data import load_dataset
-    from resnetkit.train import report
-    from resnetkit.train.evaluate import evaluate
-    from resnetkit.weights.io import load
-
-    model = load(args.weights, map_location="cuda" if torch.cuda.is_available() else "cpu")
-    pre = model.preprocessing or {}
-    size = (pre.get("size") or [32])[0]
-    _, test = load_dataset(args.data, args.data_dir, image_size=size, channels=1 if pre.get("grayscale") else 3)
-    names = model.class_names or test.class_names
-    if len(names) != test.num_classes:
-        raise UserError(f"{args.weights} predicts {len(names)} classes but {args.data} has {test.num_classes}")
-    if pre.get("mean"):  # normalise as the model was trained, not with the dataset's own statistics
-        test = dataclasses.replace(test, mean=tuple(pre["mean"]), std=tuple(pre["std"]))
-    from resnetkit.export.backends import make_backend
-
-    run = make_backend(args.backend, model, example=torch.randn(2, test.in_chans, *test.size))
-    ev = evaluate(run, test, batch_size=args.batch_size)
-    cm = ev["confusion"].numpy()
-    per_class = {n: float(cm[i, i] / max(1, cm[i].sum())) for i, n in enumerate(names)}
-    out = Path(args.out) if args.out else Path(args.weights).parent
-    out.mkdir(parents=True, exist_ok=True)
-    report.plot_confusion(cm, names, out / "confusion_matrix.png")
-    result = {"weights": str(args.weights), "data": args.data, "n": ev["n"], "top1": ev["top1"], "top5": ev["top5"],
-              "loss": ev["loss"], "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
-              "class_names": names}
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.data} test: {ev['n']} images  top-1 {100 * ev['top1']:.2f}%  top-5 {100 * ev['top5']:.2f}%  "
-          f"loss {ev['loss']:.4f}")
-    width = max(len(n) for n in names)
-    for n, acc in per_class.items():
-        print(f"  {n:<{width}}  {100 * acc:6.2f}%")
-    print(f"wrote {out / 'eval.json'} and {out / 'confusion_matrix.png'}")
-    return 0
+    flags: dict[str, tuple] = {}
+    try:
+        if args.resume:
+            # The run continues with the config saved in its checkpoint (its task included); flags may change
+            # only what RESUMABLE lists, and repeating a saved value is fine.
+            out = args.out or TrainConfig.for_task(args.task or "classification").run.out
+            saved = run_config(out)
+            if args.task and args.task != saved.task:
+                raise UserError(f"--task {args.task} cannot change on --resume: the run in {out} is a {saved.task} "
+                                "run")
+            flags = {"run.out": (out, f"--out {out}"), **_flags(args, saved.task)}  # where it is now
+            cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), base=saved)
+        else:
+            task = args.task or (load_config_file(args.config).get("task") if args.config else None) or \
+                "classification"
+            flags = _flags(args, task)
+            cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), task=task)
+    except (ConfigError, MissingFileError) as e:
+        raise _named(e, flags) from None
+    try:
+        result = train(cfg, resume=args.resume)
+    except (ConfigError, MissingFileError) as e:  # a value only the data or the model can refuse (a batch
+        if not getattr(e, "keys", ()) or getattr(e, "origins", ()):  # larger than the set, an unknown model, ...)
+            raise
+        located = config_error(e.detail, e.keys, [origins.get(k) for k in e.keys], type(e))
+        raise _named(located, flags) from None
+    if result.get("interrupted") and os.environ.get("RANK", "0") == "0":
+        print(f"resnetkit: stopped; continue with `resnetkit train --out {result['run_dir']} --resume`",
+              file=sys.stderr)
+    return result["exit_code"]
 
 
-# -- predict -------------------------------------------------------------------------------
+def _values(flags: dict[str, tuple]) -> dict:
+    return {key: value for key, (value, _) in flags.items()}
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    if segment.is_segmentation_weights(args.weights):
-        raise UserError(f"{args.weights}: a segmentation model; use `resnetkit segment IMAGE... --weights FILE -o DIR`")
-    import torch
-    from PIL import UnidentifiedImageError
-
-    from resnetkit.weights.io import load
-    from resnetkit.weights.preprocess import preprocess
-
-    if args.out:
-        from resnetkit.infer import predict_folder
-
-        r = predict_folder(args.weights, args.inputs, args.out, backend=args.backend, top_k=args.top_k,
-                           workers=args.workers, progress=sys.stderr.isatty())
-        print(f"wrote {r['images']} rows to {r['out']} ({r['failed']} unreadable)")
-        return 0
-    model = load(args.weights)
-    pre = model.preprocessing
-    if not pre:
-        raise UserError(f"{args.weights}: no preprocessing metadata; save it with save_weights(preprocessing=...)")
-    from resnetkit.data.folder import collect_images
-
-    files = collect_images(args.inputs)
-    try:  # the file's own recipe: resize/crop/scale as its publisher (or our trainer) did
-        x = torch.stack([preprocess(f, pre) for f in files])  # (N, C, H, W)
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"cannot read image: {e}") from e
-    from resnetkit.export.backends import make_backend
-
-    with torch.no_grad():
-        probs = make_backend(args.backend, model, example=x[:2])(x).float().softmax(dim=1)
-    k = min(args.top_k, probs.shape[1])
-    top_p, top_i = probs.topk(k, dim=1)
-    names = model.class_names or [str(i) for i in range(probs.shape[1])]
-    rows = [{"image": str(f), "predictions": [{"class": names[i], "index": int(i), "prob": float(p)}
-                                              for p, i in zip(ps.tolist(), ix.tolist())]}
-            for f, ps, ix in zip(files, top_p, top_i)]
-    _print_predictions(rows, args.format)
-    return 0
+def _flags(args: argparse.Namespace, task: str) -> dict[str, tuple]:
+    """The flags given, as {config key: (value, "--flag value")}; a flag of the other task is an error."""
+    own = {**COMMON_FLAGS, **TASK_FLAGS[task]}
+    for other, flags in TASK_FLAGS.items():
+        for dest in flags:
+            if dest not in own and getattr(args, dest) is not None:
+                raise UserError(f"{_flag(dest)} is a flag of --task {other}, not of {task}")
+    given = {}
+    for dest, key in own.items():
+        value = getattr(args, dest)
+        if value is not None:
+            given[key] = (value, _flag(dest) if value is True else f"{_flag(dest)} {value}")
+    if args.budget_min is not None:  # a budget replaces any length in epochs from a config file
+        given["schedule.epochs"] = (0.0, f"--budget-min {args.budget_min}")
+    return given
 
 
-def _print_predictions(rows: list[dict], fmt: str) -> None:
-    if fmt == "json":
-        print(json.dumps(rows, indent=2))
-    elif fmt == "csv":
-        w = csv.writer(sys.stdout)
-        w.writerow(["image", "rank", "class", "index", "prob"])
-        for r in rows:
-            for rank, p in enumerate(r["predictions"], 1):
-                w.writerow([r["image"], rank, p["class"], p["index"], f"{p['prob']:.6f}"])
-    else:
-        width = max(len(r["image"]) for r in rows)
-        for r in rows:
-            preds = "  ".join(f"{p['class']} {100 * p['prob']:.1f}%" for p in r["predictions"])
-            print(f"{r['image']:<{width}}  {preds}")
+def _named(e: UserError, flags: dict[str, tuple]) -> UserError:
+    """`e` with the origins of its values named as the command line wrote them: `--config FILE`,
+    `--set KEY=VALUE`, or the flag (the library names config files and keys, never flags)."""
+    origins = getattr(e, "origins", ())
+    if not origins:
+        return e
+    labels = []
+    for o in origins:
+        if o.kind == "file":
+            labels.append(f"--config {o.short()}")
+        elif o.kind == "override":
+            labels.append(f"--set {o.short()}")
+        elif o.text in flags:
+            labels.append(flags[o.text][1])
+    named = type(e)(f"{', '.join(dict.fromkeys(labels))}: {e.detail}" if labels else str(e))
+    named.detail, named.keys, named.origins = e.detail, getattr(e, "keys", ()), origins
+    return named

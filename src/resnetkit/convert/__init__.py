@@ -1,10 +1,11 @@
 """Converters from other frameworks' weight files to resnetkit, and `convert_file` to our safetensors format.
 
-    from resnetkit.convert import from_tf_slim, from_torchvision, from_keras, convert_file
-    model = from_tf_slim("resnet_v2_50.ckpt")                      # TF-slim checkpoint (V1 or V2 format)
-    model = from_torchvision("resnet50-0676ba61.pth")               # torchvision state dict
-    model = from_keras("resnet50v2_weights_tf_dim_ordering_tf_kernels.h5")  # Keras ResNetV2
-    convert_file("resnet_v2_50_2017_04_14.tar.gz", "resnet_v2_50.safetensors")  # kind detected
+>>> from resnetkit.convert import from_tf_slim, from_torchvision, from_keras, convert_file
+>>> model = from_tf_slim("resnet_v2_50.ckpt")                      # TF-slim checkpoint (V1 or V2 format)
+>>> model = from_torchvision("resnet50-0676ba61.pth")               # torchvision state dict
+>>> model = from_timm("model.safetensors", arch="resnet50d")        # timm state dict (hub or .pth)
+>>> model = from_keras("resnet50v2_weights_tf_dim_ordering_tf_kernels.h5")  # Keras ResNetV2
+>>> convert_file("resnet_v2_50_2017_04_14.tar.gz", "resnet_v2_50.safetensors")  # kind detected
 """
 
 from __future__ import annotations
@@ -13,19 +14,25 @@ import os
 import re
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 from torch import nn
 
+from resnetkit._helpers import check_output
 from resnetkit.convert.common import ConversionError
 from resnetkit.convert.keras import from_keras
 from resnetkit.convert.tf_slim import from_tf_slim
+from resnetkit.convert.timm import from_timm
 from resnetkit.convert.torchvision import from_torchvision
+from resnetkit.download import safe_extract_tar
+from resnetkit.errors import MissingFileError
+from resnetkit.weights import Preprocessing, imagenet_class_names, preset, save_weights
 
 __all__ = ["ConversionError", "KINDS", "convert", "convert_file", "detect_kind", "find_tf_checkpoint", "from_keras",
-           "from_tf_slim", "from_torchvision"]
+           "from_tf_slim", "from_timm", "from_torchvision"]
 
-KINDS = ("tf-slim", "torchvision", "keras")
+KINDS = ("tf-slim", "torchvision", "keras", "timm")  # timm is never detected (its .pth is torchvision's format)
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 TF_TABLE_MAGIC = (0xDB4775248B80FB57).to_bytes(8, "little")  # LevelDB table footer: V1 .ckpt and V2 .index
 
@@ -39,7 +46,7 @@ def detect_kind(src: str | os.PathLike) -> str:
     if not path.exists() and Path(f"{path}.index").is_file():
         return "tf-slim"  # a V2 checkpoint prefix
     if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(8)
         size = f.seek(0, os.SEEK_END)
@@ -50,8 +57,6 @@ def detect_kind(src: str | os.PathLike) -> str:
     if tail == TF_TABLE_MAGIC:
         return "tf-slim"
     if head.startswith(b"PK\x03\x04"):
-        import zipfile
-
         try:
             with zipfile.ZipFile(path) as z:
                 return "keras" if "model.weights.h5" in z.namelist() else "torchvision"
@@ -68,7 +73,7 @@ def detect_kind(src: str | os.PathLike) -> str:
         if re.search(pattern, path.name):
             return kind
     raise ConversionError(f"{path}: cannot tell what this file is (not a TF checkpoint, HDF5, zip, pickle or tar "
-                          "archive); pass --from tf-slim|torchvision|keras")
+                          "archive); pass kind='tf-slim'|'torchvision'|'keras' (CLI: --from)")
 
 
 def find_tf_checkpoint(folder: str | os.PathLike) -> Path:
@@ -91,12 +96,10 @@ def convert(src: str | os.PathLike, kind: str | None = None, arch: str | None = 
         kind = "tf-slim-tar"  # --from tf-slim on the published tarball
     if kind == "tf-slim-tar":
         with tempfile.TemporaryDirectory(prefix="resnetkit-") as tmp:
-            from resnetkit.download import safe_extract_tar
-
             folder = safe_extract_tar(src, Path(tmp) / "ckpt")
             return from_tf_slim(find_tf_checkpoint(folder), arch=arch, drop_background=drop_background), "tf-slim"
     if drop_background and kind != "tf-slim":
-        raise ConversionError("--drop-background only applies to TF-slim checkpoints (1001 classes)")
+        raise ConversionError("drop_background only applies to TF-slim checkpoints (1001 classes)")
     if kind == "tf-slim":
         path = Path(src)
         if path.is_dir():
@@ -104,6 +107,8 @@ def convert(src: str | os.PathLike, kind: str | None = None, arch: str | None = 
         return from_tf_slim(path, arch=arch, drop_background=drop_background), kind
     if kind == "torchvision":
         return from_torchvision(src, arch=arch), kind
+    if kind == "timm":
+        return from_timm(src, arch=arch), kind
     if kind == "keras":
         return from_keras(src, arch=arch), kind
     raise ConversionError(f"unknown source kind {kind!r}; one of {', '.join(KINDS)}")
@@ -113,18 +118,19 @@ def default_preset(model: nn.Module, kind: str) -> str:
     """The preprocessing a converted file most likely expects: its publisher's recipe."""
     if kind == "tf-slim":
         return "vgg" if model.config.arch.startswith("resnet_v1") else "inception"
-    return {"torchvision": "torchvision", "keras": "keras_tf"}[kind]
+    if kind == "timm" and model.config.arch.endswith("_bit"):
+        return "keras_tf"  # BiT: inputs scaled to [-1, 1] (timm's IMAGENET_INCEPTION_MEAN / STD)
+    return {"torchvision": "torchvision", "keras": "keras_tf", "timm": "torchvision"}[kind]
 
 
 def convert_file(src: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None, arch: str | None = None,
-                 drop_background: bool = False, preprocessing: str | dict | None = None,
-                 class_names: list[str] | None = None) -> Path:
+                 drop_background: bool = False, preprocessing: str | Preprocessing | None = None,
+                 class_names: list[str] | None = None, overwrite: bool = False) -> Path:
     """Convert `src` and write our self-describing safetensors file to `out` (atomically: a failed
     conversion leaves no file). ImageNet class names are attached when the class count is 1000 or 1001
-    and `class_names` is not given; `preprocessing` is a preset name or a dict (default: the source's)."""
-    from resnetkit.weights.io import save_weights
-    from resnetkit.weights.registry import imagenet_class_names, preset
-
+    and `class_names` is not given; `preprocessing` is a preset name or a Preprocessing (default: the
+    source's publisher's recipe). An existing `out` is replaced only with `overwrite`, never `src` itself."""
+    check_output(out, inputs=[src], overwrite=overwrite)
     model, kind = convert(src, kind, arch, drop_background)
     if getattr(model, "config", None) is None:
         raise ConversionError(f"{src}: the network matches no registered architecture, so the file could not be "
@@ -134,7 +140,7 @@ def convert_file(src: str | os.PathLike, out: str | os.PathLike, *, kind: str | 
         raise ConversionError(f"{len(class_names)} class names given, the model has {n} classes")
     if class_names is None and n in (1000, 1001):
         class_names = imagenet_class_names(n)
-    if not isinstance(preprocessing, dict):
+    if not isinstance(preprocessing, Preprocessing):
         preprocessing = preset(preprocessing or default_preset(model, kind))
     return save_weights(model, out, class_names=class_names, preprocessing=preprocessing,
                         source=f"converted from {kind} {Path(src).name}")

@@ -1,4 +1,5 @@
-"""What every converter shares: load a mapped state dict and fail loudly on any mismatch."""
+"""What every converter shares: the BatchNorm variable names of TF/Keras, and loading a mapped state dict
+that fails loudly on any mismatch."""
 
 from __future__ import annotations
 
@@ -6,17 +7,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import load_state_dict_strict
+from resnetkit.errors import CheckpointError
+
+# TF / Keras BatchNormalization variables -> torch BatchNorm2d state dict names
+BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 
 
-class ConversionError(UserError):
-    """A checkpoint does not fit the target architecture (keys or shapes)."""
-
-
-def _first(items, n: int = 5) -> str:
-    items = list(items)
-    more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
+class ConversionError(CheckpointError):
+    """A checkpoint does not fit the target architecture (keys or shapes), or is not what it claims."""
 
 
 def load_mapped_state_dict(model: nn.Module, mapped: dict[str, torch.Tensor | np.ndarray],
@@ -27,24 +26,10 @@ def load_mapped_state_dict(model: nn.Module, mapped: dict[str, torch.Tensor | np
     provided tensor must have a target, and every shape must match; otherwise nothing is loaded and a
     ConversionError names the first offending keys.
     """
-    target = model.state_dict()
-    optional = {k for k in target if k.endswith("num_batches_tracked")}
-    missing = [k for k in target if k not in mapped and k not in optional]
-    unexpected = [k for k in mapped if k not in target]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing in {source}: {_first(missing)}")
-        if unexpected:
-            parts.append(f"unused from {source}: {_first(unexpected)}")
-        raise ConversionError("; ".join(parts) + " (is this the right architecture? try --arch)")
-    bad = [f"{k} {tuple(np.shape(v))} vs {tuple(target[k].shape)}" for k, v in mapped.items()
-           if tuple(np.shape(v)) != tuple(target[k].shape)]
-    if bad:
-        raise ConversionError(f"shape mismatch between {source} and the model: {_first(bad, 3)}")
-    state = {k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v).to(target[k].dtype)
-             for k, v in mapped.items()}
-    for k in optional - state.keys():
-        state[k] = target[k]
-    model.load_state_dict(state, strict=True)
-    return model
+    state = {k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in mapped.items()}
+    optional = [k for k in model.state_dict() if k.endswith("num_batches_tracked")]
+    try:
+        return load_state_dict_strict(model, state, source, optional=optional,
+                                      hint="is this the right architecture? pass arch=")
+    except CheckpointError as e:
+        raise ConversionError(str(e)) from None

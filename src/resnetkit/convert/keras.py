@@ -36,14 +36,15 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
-from resnetkit.convert.common import ConversionError, load_mapped_state_dict
+from resnetkit._helpers import expansion_limit
+from resnetkit.convert.common import BN, ConversionError, load_mapped_state_dict
+from resnetkit.errors import DependencyError, MissingFileError
 from resnetkit.models import Block, ResNet, bottleneck_v2, create_model
 from resnetkit.models.variants import SLIM_DEPTHS
 
 KERAS_BN_EPS = 1.001e-5
 KERAS_MODEL_KWARGS = {"root_pool": "keras", "bn_eps": KERAS_BN_EPS}  # what a converted model is built with
 BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
-BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 UNIT_RE = re.compile(r"^conv(\d+)_block(\d+)_(preact_bn|0_conv|1_conv|1_bn|2_conv|2_bn|3_conv)$")
 # Keras unit layer -> our module path inside `blocks.blockN.unit_M.` (v2 units).
 UNIT_PARTS = {"preact_bn": "preact_bn", "0_conv": "shortcut", "1_conv": "conv1.conv", "1_bn": "conv1.bn",
@@ -54,16 +55,35 @@ Layers = dict[str, dict[str, np.ndarray]]  # layer name -> {variable name: array
 
 
 # ------------------------------------------------------------------------------------------- reading
-def _open_h5(path: Path):
+class _Budget:
+    """Bytes a file may still decode to: HDF5 chunks and zip members can be tiny on disk and huge in memory."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path, self.left = path, limit
+
+    def take(self, n: int, what: str) -> None:
+        if n > self.left:
+            raise ConversionError(f"{self.path}: refused: {what} would decode to {n:,} more bytes, past the limit "
+                                  "(4x the file size plus 64 MiB; pass max_bytes= for a larger file)")
+        self.left -= n
+
+
+def _array(ds, budget: _Budget) -> np.ndarray:
+    budget.take(4 * int(np.prod(ds.shape, dtype=np.int64)), f"dataset {ds.name}")  # read as float32
+    return np.asarray(ds, dtype=np.float32)
+
+
+def _open_h5(path: Path, budget: _Budget):
     try:
         import h5py  # optional dependency
     except ImportError:
-        raise ConversionError("reading Keras weights needs h5py: pip install 'resnetkit[keras]'") from None
+        raise DependencyError("reading Keras weights needs h5py: pip install 'resnetkit[keras]'") from None
 
     if zipfile.is_zipfile(path):  # a Keras 3 `.keras` archive
         with zipfile.ZipFile(path) as z:
             if "model.weights.h5" not in z.namelist():
                 raise ConversionError(f"{path}: a zip file without model.weights.h5; not a .keras archive")
+            budget.take(z.getinfo("model.weights.h5").file_size, "model.weights.h5")
             return h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
     return h5py.File(path, "r")
 
@@ -72,18 +92,18 @@ def _leaf(weight_name: str) -> str:
     return weight_name.split("/")[-1].split(":")[0]  # 'conv1_conv/kernel:0' -> 'kernel'
 
 
-def _read_legacy(f) -> Layers:
+def _read_legacy(f, budget: _Budget) -> Layers:
     out: Layers = {}
     for raw in f.attrs["layer_names"]:
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
         g = f[name]
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in g.attrs.get("weight_names", [])]
         if names:
-            out[name] = {_leaf(n): np.asarray(g[n], dtype=np.float32) for n in names}
+            out[name] = {_leaf(n): _array(g[n], budget) for n in names}
     return out
 
 
-def _read_keras3(f) -> Layers:
+def _read_keras3(f, budget: _Budget) -> Layers:
     out: Layers = {}
     for key, g in f["layers"].items():
         v = g.get("vars")
@@ -94,7 +114,7 @@ def _read_keras3(f) -> Layers:
             raise ConversionError(f"Keras 3 weights group layers/{key} does not record its layer name (an older "
                                   "Keras 3 wrote it); re-save the model with a current Keras or as legacy .h5")
         name = name.decode() if isinstance(name, bytes) else str(name)
-        arrays = [np.asarray(v[str(i)], dtype=np.float32) for i in range(len(v))]
+        arrays = [_array(v[str(i)], budget) for i in range(len(v))]
         leaves = BN_VARS if name.endswith("_bn") else ("kernel", "bias")
         if len(arrays) > len(leaves):
             raise ConversionError(f"Keras layer {name!r} has {len(arrays)} variables, expected at most {len(leaves)}")
@@ -102,19 +122,21 @@ def _read_keras3(f) -> Layers:
     return out
 
 
-def read_keras_weights(path: str | os.PathLike) -> Layers:
-    """Every layer's variables from a Keras HDF5 weights file (legacy Keras 2 or Keras 3 layout)."""
+def read_keras_weights(path: str | os.PathLike, max_bytes: int | None = None) -> Layers:
+    """Every layer's variables from a Keras HDF5 weights file (legacy Keras 2 or Keras 3 layout). The
+    arrays may add up to `max_bytes` at most (default: 4x the file size plus 64 MiB)."""
     path = Path(path)
     if not path.is_file():
-        raise ConversionError(f"{path}: no such file")
+        raise MissingFileError(f"{path}: no such file")
+    budget = _Budget(path, expansion_limit(path, max_bytes))
     try:
-        with _open_h5(path) as f:
+        with _open_h5(path, budget) as f:
             if "model_weights" in f:  # a whole model saved with model.save('x.h5')
-                return _read_legacy(f["model_weights"])
+                return _read_legacy(f["model_weights"], budget)
             if "layer_names" in f.attrs:
-                return _read_legacy(f)
+                return _read_legacy(f, budget)
             if "layers" in f:
-                return _read_keras3(f)
+                return _read_keras3(f, budget)
     except ConversionError:
         raise
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # truncated, corrupt, not HDF5

@@ -38,13 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetkit.errors import UserError
+from resnetkit.errors import CheckpointError
 
 __all__ = ["CheckpointError", "CheckpointReader", "crc32c", "list_variables", "read_checkpoint"]
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be read: missing, truncated, corrupt, or using an unsupported feature."""
 
 
 class _Corrupt(Exception):
@@ -55,29 +51,12 @@ class _Corrupt(Exception):
 
 # TF DataType enum value -> (name, numpy dtype or None when unsupported).
 _DTYPES: dict[int, tuple[str, str | None]] = {
-    1: ("float32", "<f4"),
-    2: ("float64", "<f8"),
-    3: ("int32", "<i4"),
-    4: ("uint8", "u1"),
-    5: ("int16", "<i2"),
-    6: ("int8", "i1"),
-    7: ("string", None),
-    8: ("complex64", "<c8"),
-    9: ("int64", "<i8"),
-    10: ("bool", "?"),
-    11: ("qint8", None),
-    12: ("quint8", None),
-    13: ("qint32", None),
-    14: ("bfloat16", "<u2"),
-    15: ("qint16", None),
-    16: ("quint16", None),
-    17: ("uint16", "<u2"),
-    18: ("complex128", "<c16"),
-    19: ("float16", "<f2"),
-    20: ("resource", None),
-    21: ("variant", None),
-    22: ("uint32", "<u4"),
-    23: ("uint64", "<u8"),
+    1: ("float32", "<f4"), 2: ("float64", "<f8"), 3: ("int32", "<i4"), 4: ("uint8", "u1"),
+    5: ("int16", "<i2"), 6: ("int8", "i1"), 7: ("string", None), 8: ("complex64", "<c8"),
+    9: ("int64", "<i8"), 10: ("bool", "?"), 11: ("qint8", None), 12: ("quint8", None),
+    13: ("qint32", None), 14: ("bfloat16", "<u2"), 15: ("qint16", None), 16: ("quint16", None),
+    17: ("uint16", "<u2"), 18: ("complex128", "<c16"), 19: ("float16", "<f2"), 20: ("resource", None),
+    21: ("variant", None), 22: ("uint32", "<u4"), 23: ("uint64", "<u8"),
 }
 
 
@@ -242,6 +221,12 @@ def _fields(buf) -> Iterator[tuple[int, int, object]]:
         if pos > n:
             raise _Corrupt("corrupt protobuf data: truncated message")
         yield field, wire, value
+
+
+def _named(buf, names: dict[int, str]) -> dict[str, object]:
+    """The wanted fields of a protobuf message by name ({1: "name"} -> {"name": b"..."}); the last one
+    wins where a field repeats, absent fields are absent."""
+    return {names[f]: v for f, _wire, v in _fields(buf) if f in names}
 
 
 def _packed_varints(data: bytes) -> np.ndarray:
@@ -681,14 +666,9 @@ class CheckpointReader:
             for f2, _w2, tensor in _fields(v):
                 if f2 != 1:  # SavedTensorSliceMeta.tensor
                     continue
-                name, shape, code = "", (), 0
-                for f3, _w3, v3 in _fields(tensor):
-                    if f3 == 1:
-                        name = v3.decode("utf-8", "replace")
-                    elif f3 == 2:
-                        shape = _parse_shape(v3)
-                    elif f3 == 3:
-                        code = v3
+                m = _named(tensor, {1: "name", 2: "shape", 3: "dtype"})
+                name, code = m.get("name", b"").decode("utf-8", "replace"), m.get("dtype", 0)
+                shape = _parse_shape(m["shape"]) if "shape" in m else ()
                 if name in self._entries and self._entries[name].shape != shape:
                     raise _Corrupt(f"tensor {name!r} has different shapes in different shards")
                 self._entries[name] = _Entry(name=name, dtype_code=code, shape=shape)
@@ -697,14 +677,9 @@ class CheckpointReader:
         for field, _wire, v in _fields(value):
             if field != 2:  # SavedTensorSlices.data
                 continue
-            name, extents, proto = "", [], b""
-            for f2, _w2, v2 in _fields(v):
-                if f2 == 1:
-                    name = v2.decode("utf-8", "replace")
-                elif f2 == 2:
-                    extents = _parse_slice(v2)
-                elif f2 == 3:
-                    proto = v2
+            m = _named(v, {1: "name", 2: "slice", 3: "data"})
+            name, proto = m.get("name", b"").decode("utf-8", "replace"), m.get("data", b"")
+            extents = _parse_slice(m["slice"]) if "slice" in m else []
             self._v1_slices.setdefault(name, []).append((extents, proto, path))
 
     @staticmethod

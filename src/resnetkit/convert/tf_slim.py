@@ -13,12 +13,11 @@ import re
 import numpy as np
 from torch import nn
 
-from resnetkit.convert.common import ConversionError, load_mapped_state_dict
+from resnetkit.convert.common import BN, ConversionError, load_mapped_state_dict
 from resnetkit.convert.tf_checkpoint import read_checkpoint
 from resnetkit.models import create_model
 from resnetkit.models.variants import SLIM_DEPTHS
 
-BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
 UNIT_RE = re.compile(r"^block(\d+)/unit_(\d+)/(?:bottleneck|basic)_v\d/")
 SKIP = re.compile(r"(^|/)(global_step|Momentum|ExponentialMovingAverage)|/(Momentum|RMSProp|Adam)")
 
@@ -109,7 +108,7 @@ def from_tf_slim(src: str | os.PathLike | dict, arch: str | None = None, drop_ba
     arch = arch or info["arch"]
     if arch is None:
         raise ConversionError(f"units per block {info['layers']} match no slim depth "
-                              f"({', '.join(f'{d}: {ls}' for d, ls in SLIM_DEPTHS.items())}); pass --arch")
+                              f"({', '.join(f'{d}: {ls}' for d, ls in SLIM_DEPTHS.items())}); pass arch= (CLI: --arch)")
     n = info["num_classes"]
     kwargs.setdefault("num_classes", (n - 1 if drop_background else n) if n else None)
     kwargs.setdefault("scope", info["scope"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetkit.errors import UserError
+from resnetkit.errors import DataError
 
 try:  # numpy >= 2 moved the internals; pickles written by numpy 1 still name numpy.core.
     from numpy._core import multiarray as _multiarray
@@ -46,9 +46,9 @@ def read_batch(path: str | Path) -> dict:
         with path.open("rb") as f:
             d = _RestrictedUnpickler(f, encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: not a CIFAR python batch ({e})") from e
+        raise DataError(f"{path}: not a CIFAR python batch ({e})") from e
     if not isinstance(d, dict):
-        raise UserError(f"{path}: not a CIFAR python batch (top level is {type(d).__name__}, not dict)")
+        raise DataError(f"{path}: not a CIFAR python batch (top level is {type(d).__name__}, not dict)")
     return {(k.decode() if isinstance(k, bytes) else k): v for k, v in d.items()}
 
 
@@ -58,10 +58,10 @@ def read_split(files: list[Path], label_key: str) -> tuple[np.ndarray, np.ndarra
     for path in files:
         d = read_batch(path)
         if "data" not in d or label_key not in d:
-            raise UserError(f"{path}: CIFAR batch lacks 'data' or {label_key!r}; keys are {sorted(d)}")
+            raise DataError(f"{path}: CIFAR batch lacks 'data' or {label_key!r}; keys are {sorted(d)}")
         data = np.asarray(d["data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise UserError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
+            raise DataError(f"{path}: 'data' has shape {data.shape}, expected (N, 3072)")
         images.append(data.reshape(-1, 3, 32, 32))  # rows are R plane, G plane, B plane
         labels.append(np.asarray(d[label_key], dtype=np.int64))
     return np.concatenate(images), np.concatenate(labels)

@@ -16,8 +16,10 @@ import numpy as np
 import torch
 
 from resnetkit import download
+from resnetkit._helpers import did_you_mean
 from resnetkit.data import cifar, folder, idx
-from resnetkit.errors import UserError
+from resnetkit.errors import ConfigError, DataError, MissingFileError
+from resnetkit.weights import Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +58,21 @@ class ImageSet:
         return ImageSet(self.images[:n], self.labels[:n], self.class_names, self.mean, self.std,
                         self.pad, self.flip, self.info)
 
-    def preprocessing(self) -> dict:
+    def preprocessing(self) -> Preprocessing:
         """What predict must do to a new image: resize, channel count, normalisation constants."""
-        return {"size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "grayscale": self.in_chans == 1}
+        return Preprocessing(size=self.size, mean=self.mean, std=self.std,
+                             channel_order="L" if self.in_chans == 1 else "RGB")
 
 
-def _set(images: np.ndarray, labels: np.ndarray, names, mean, std, pad, flip) -> ImageSet:
+def _set(images: np.ndarray, labels: np.ndarray, names, mean, std, pad, flip, source: str = "") -> ImageSet:
+    # Checked here, before any training starts: a bad label would otherwise surface as a CUDA assert or a
+    # silently wrong loss many minutes later.
+    where = f"{source}: " if source else ""
+    if len(images) != len(labels):
+        raise DataError(f"{where}{len(images)} images but {len(labels)} labels")
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= len(names)):
+        bad = sorted({int(v) for v in np.unique(labels) if not 0 <= v < len(names)})[:5]
+        raise DataError(f"{where}labels {bad} outside the {len(names)} classes (0..{len(names) - 1})")
     return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.from_numpy(labels).long(),
                     list(names), tuple(mean), tuple(std), pad, flip)
 
@@ -109,7 +119,7 @@ def _idx_folder(name: str, data_dir: str | None) -> tuple[Path, list[Path]]:
     if data_dir is not None:
         folders = [Path(data_dir)]
         if not folders[0].is_dir():
-            raise UserError(f"--data-dir {data_dir}: no such directory")
+            raise MissingFileError(f"data_dir {data_dir}: no such directory")
     else:
         folders = [Path(system_dir), cache_dir(name)]
     for f in folders:
@@ -117,27 +127,27 @@ def _idx_folder(name: str, data_dir: str | None) -> tuple[Path, list[Path]]:
         if all(files):
             return f, files
     if data_dir is not None:
-        raise UserError(f"{title}: the four idx files ({', '.join(s + '.gz' for s in IDX_FILES)}) "
-                        f"are not all in --data-dir {data_dir}")
+        raise MissingFileError(f"{title}: the four idx files ({', '.join(s + '.gz' for s in IDX_FILES)}) "
+                        f"are not all in data_dir {data_dir}")
     target = cache_dir(name)
     try:
         files = [download.download(base + s + ".gz", target / f"{s}.gz", md5=md5) for s, md5 in zip(IDX_FILES, md5s)]
     except download.DownloadError as e:
         apt = "run `apt-get install dataset-fashion-mnist`, or " if name == "fashion_mnist" else ""
-        raise UserError(f"{title} not found and the download failed ({e}); {apt}put "
+        raise MissingFileError(f"{title} not found and the download failed ({e}); {apt}put "
                         f"the four files ({', '.join(s + '.gz' for s in IDX_FILES)}) in {target}, or "
-                        "pass --data-dir") from e
+                        "pass data_dir (CLI: --data-dir)") from e
     return target, files
 
 
 def load_idx_dataset(name: str, data_dir: str | None = None) -> tuple[ImageSet, ImageSet]:
-    _, _, _, _, names, mean, std, flip = IDX_DATASETS[name]
+    title, _, _, _, names, mean, std, flip = IDX_DATASETS[name]
     where, files = _idx_folder(name, data_dir)
     log.debug("reading %s from %s", name, where)
     x_train, y_train, x_test, y_test = (idx.read_idx(f) for f in files)
     # 28 px images: pad 2 keeps the paper's pad/size ratio (4 for 32 px) close.
-    return (_set(x_train[:, None], y_train, names, mean, std, 2, flip),
-            _set(x_test[:, None], y_test, names, mean, std, 2, flip))
+    return (_set(x_train[:, None], y_train, names, mean, std, 2, flip, f"{title} train ({where})"),
+            _set(x_test[:, None], y_test, names, mean, std, 2, flip, f"{title} test ({where})"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,21 +170,21 @@ def _cifar_folder(name: str, data_dir: str | None) -> Path:
     url, md5, sub, train_files, *_ = CIFAR[name]
     roots = [Path(data_dir)] if data_dir is not None else [cache_dir(name)]
     if data_dir is not None and not roots[0].is_dir():
-        raise UserError(f"--data-dir {data_dir}: no such directory")
+        raise MissingFileError(f"data_dir {data_dir}: no such directory")
     for r in roots:
         for f in (r / sub, r):
             if (f / train_files[0]).is_file():
                 return f
     if data_dir is not None:
-        raise UserError(f"{name}: {sub}/{train_files[0]} not found in --data-dir {data_dir}; extract "
+        raise MissingFileError(f"{name}: {sub}/{train_files[0]} not found in data_dir {data_dir}; extract "
                         f"{url.rsplit('/', 1)[1]} there")
     target = cache_dir(name)
     archive = target / url.rsplit("/", 1)[1]
     try:
         download.download(url, archive, md5=md5)
     except download.DownloadError as e:
-        raise UserError(f"{name} not found and the download failed ({e}); download "
-                        f"{url} and extract it in {target}, or pass --data-dir") from e
+        raise MissingFileError(f"{name} not found and the download failed ({e}); download "
+                               f"{url} and extract it in {target}, or pass data_dir") from e
     download.safe_extract_tar(archive, target)
     return target / sub
 
@@ -186,7 +196,8 @@ def load_cifar(name: str, data_dir: str | None = None) -> tuple[ImageSet, ImageS
              else [str(i) for i in range(10 if name == "cifar10" else 100)])
     x_tr, y_tr = cifar.read_split([where / f for f in train_files], label_key)
     x_te, y_te = cifar.read_split([where / f for f in test_files], label_key)
-    return (_set(x_tr, y_tr, names, mean, std, 4, True), _set(x_te, y_te, names, mean, std, 4, True))
+    return (_set(x_tr, y_tr, names, mean, std, 4, True, f"{name} train ({where})"),
+            _set(x_te, y_te, names, mean, std, 4, True, f"{name} test ({where})"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +206,7 @@ def load_cifar(name: str, data_dir: str | None = None) -> tuple[ImageSet, ImageS
 
 def load_digits() -> tuple[ImageSet, ImageSet]:
     """sklearn's 8x8 digits (1797 images, values 0..16): a fixed 80/20 split (permutation seed 0)."""
-    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.datasets import load_digits as sk_digits  # on purpose: sklearn adds 0.6 s to every import
 
     d = sk_digits()
     x = np.round(d.images * (255 / 16)).astype(np.uint8)[:, None]  # (1797, 1, 8, 8)
@@ -213,7 +224,7 @@ def load_image_folder(root: str, size: int, channels: int, strict: bool) -> tupl
     """ROOT/train/CLASS/* and ROOT/{val,test}/CLASS/* if present, else a fixed 90/10 split of ROOT."""
     root_p = Path(root)
     if not root_p.is_dir():
-        raise UserError(f"{root}: no such directory; pass an ImageFolder layout ROOT/CLASS/IMAGE")
+        raise MissingFileError(f"{root}: no such directory; pass an ImageFolder layout ROOT/CLASS/IMAGE")
     test_dir = next((root_p / s for s in ("val", "test") if (root_p / s).is_dir()), None)
     if (root_p / "train").is_dir() and test_dir is not None:
         x_tr, y_tr, names = folder.read_folder(root_p / "train", size, channels, strict)
@@ -234,7 +245,7 @@ def load_image_folder(root: str, size: int, channels: int, strict: bool) -> tupl
 
 ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10",
            "cifar-100": "cifar100"}
-DATASETS = ("fashion_mnist", "mnist", "cifar10", "cifar100", "digits", "folder:PATH")
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "folder:PATH")  # as users type them
 
 
 def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32, channels: int = 3,
@@ -252,4 +263,5 @@ def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32
         return load_digits()
     if spec.startswith("folder:") or os.sep in spec or Path(spec).is_dir():
         return load_image_folder(spec.removeprefix("folder:"), image_size, channels, strict)
-    raise UserError(f"unknown dataset {spec!r}; choose one of {', '.join(DATASETS)}")
+    hint = did_you_mean(spec, DATASETS[:-1], "")
+    raise ConfigError(f"unknown dataset {spec!r}; {hint + ' ' if hint else ''}choose one of {', '.join(DATASETS)}")

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import open_image
+from resnetkit.errors import DataError, MissingFileError
 
 log = logging.getLogger(__name__)
 
@@ -19,22 +20,21 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".we
 def list_images(root: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     """Files under each class folder (sorted), and the class names (sorted folder names)."""
     if not root.is_dir():
-        raise UserError(f"{root}: no such directory; pass an ImageFolder layout ROOT/CLASS/IMAGE")
+        raise MissingFileError(f"{root}: no such directory; pass an ImageFolder layout ROOT/CLASS/IMAGE")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        raise UserError(f"{root}: no class folders; expected ROOT/CLASS/IMAGE, e.g. {root}/cat/1.png")
+        raise DataError(f"{root}: no class folders; expected ROOT/CLASS/IMAGE, e.g. {root}/cat/1.png")
     items = [(p, i) for i, c in enumerate(classes) for p in sorted((root / c).rglob("*"))
              if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if not items:
-        raise UserError(f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DataError(f"{root}: the class folders hold no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return items, classes
 
 
 def load_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image -> uint8 (C, size, size); raises OSError / UnidentifiedImageError when unreadable."""
-    with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
-        a = np.array(im, dtype=np.uint8)  # a writable copy
+    """One image -> uint8 (C, size, size); raises a DataError when unreadable."""
+    im = open_image(path, "L" if channels == 1 else "RGB").resize((size, size), Image.BILINEAR)
+    a = np.array(im, dtype=np.uint8)  # a writable copy
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
@@ -43,7 +43,7 @@ def read_folder(root: str | Path, size: int, channels: int = 3, strict: bool = F
     """Read ROOT/CLASS/IMAGE into images (N, C, size, size) uint8, labels (N,), class names.
 
     Unreadable images are skipped and counted (the first few named in the log); with strict=True the
-    first one raises a UserError instead. `classes` fixes the label order (e.g. a test split must use
+    first one raises a DataError instead. `classes` fixes the label order (e.g. a test split must use
     the train split's classes).
     """
     root = Path(root)
@@ -51,7 +51,7 @@ def read_folder(root: str | Path, size: int, channels: int = 3, strict: bool = F
     if classes is not None:
         extra = sorted(set(found) - set(classes))
         if extra:
-            raise UserError(f"{root}: class folders {extra} are not among the training classes {classes}")
+            raise DataError(f"{root}: class folders {extra} are not among the training classes {classes}")
         index = {c: i for i, c in enumerate(classes)}
         items = [(p, index[found[y]]) for p, y in items]
         found = classes
@@ -60,15 +60,15 @@ def read_folder(root: str | Path, size: int, channels: int = 3, strict: bool = F
         try:
             images.append(load_image(path, size, channels))
             labels.append(y)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
+        except DataError as e:
             if strict:
-                raise UserError(f"{path}: unreadable image ({e}); remove it or drop --strict") from e
+                raise DataError(f"{e}; remove it, or skip such images (strict=False)") from None
             bad.append(path)
     if bad:
         log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(bad), root,
                     ", ".join(str(p.relative_to(root)) for p in bad[:5]))
     if not images:
-        raise UserError(f"{root}: none of the {len(items)} images could be read")
+        raise DataError(f"{root}: none of the {len(items)} images could be read")
     return np.stack(images), np.asarray(labels, dtype=np.int64), list(found)
 
 
@@ -82,7 +82,7 @@ def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise UserError(f"{s}: no such file or directory")
+            raise MissingFileError(f"{s}: no such file or directory")
     if not files:
-        raise UserError(f"no images found in {', '.join(map(str, inputs))}")
+        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
     return files

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from resnetkit.errors import UserError
+from resnetkit.errors import DataError
 
 # IDX type code -> numpy dtype (big-endian, as the format stores them).
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -26,15 +26,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         raw = gzip.open(path, "rb").read() if gzipped else path.read_bytes()
     except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read ({e}); delete it so it is fetched again") from e
+        raise DataError(f"{path}: cannot read ({e}); delete it so it is fetched again") from e
     if len(raw) < 4 or raw[0:2] != b"\x00\x00" or raw[2] not in _DTYPES:
-        raise UserError(f"{path}: not an IDX file (bad magic number); expected MNIST-style idx data")
+        raise DataError(f"{path}: not an IDX file (bad magic number); expected MNIST-style idx data")
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_DTYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(raw) - header != expected:
-        raise UserError(f"{path}: truncated or corrupt IDX file ({len(raw) - header} data bytes, "
+        raise DataError(f"{path}: truncated or corrupt IDX file ({len(raw) - header} data bytes, "
                         f"header says {expected}); delete it so it is fetched again")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))

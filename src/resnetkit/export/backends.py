@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -17,51 +18,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnetkit.errors import UserError
-from resnetkit.export.fold import prepare_for_inference
+from resnetkit.errors import ConfigError
+from resnetkit.export.fold import parity_input, prepare_for_inference
+from resnetkit.export.formats import export_model
+from resnetkit.export.ort import ort_session, require_onnxruntime
+from resnetkit.export.quantize import quantize_onnx
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "channels_last", "compile", "onnxruntime", "onnxruntime-int8")
-ONNX_HINT = "pip install 'resnetkit[onnx]'"
-
-
-def require_onnxruntime():
-    """Import onnxruntime or raise a UserError that says how to install it."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UserError(f"the onnxruntime backend needs ONNX Runtime: {ONNX_HINT}") from None
-    return onnxruntime
-
-
-ORT_LEVELS = ("disable", "basic", "extended", "all")
-
-
-def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_path: str | None = None,
-                level: str = "all"):
-    """An ONNX Runtime CPU session tuned for throughput: all graph optimisations (conv+BN+ReLU fusion,
-    NCHWc layouts), sequential execution, `threads` intra-op threads, no inter-op pool.
-
-    `level` lowers the graph optimisation level ('basic': constant folding and conv+BN fusion only;
-    'extended': plus fusions like conv+activation; 'all': plus the NCHWc blocked layout), for studies;
-    `optimized_path` writes the optimised graph there, to see what ONNX Runtime made of the model.
-    """
-    ort = require_onnxruntime()
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or torch.get_num_threads()
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    if optimized_path:
-        opts.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 class Backend(nn.Module):
     """(N, C, H, W) float32 tensor -> logits, whatever runs underneath."""
 
@@ -97,8 +62,6 @@ class OrtBackend(Backend):
 def _input_size(model: nn.Module, example: torch.Tensor | None) -> tuple[int, int, int]:
     if example is not None:
         return tuple(example.shape[1:])
-    from resnetkit.export.fold import parity_input
-
     return tuple(parity_input(model, 1).shape[1:])
 
 
@@ -115,9 +78,11 @@ def make_backend(name: str, model: nn.Module, *, example: torch.Tensor | None = 
     onnxruntime-int8: onnxruntime, statically quantised to int8 (QDQ, per channel) on `calib`, an
                       (N, C, H, W) tensor of preprocessed images.
     `example` fixes the input size of the ONNX export (default: the model's preprocessing size).
+    `workdir` keeps the .onnx files there; by default they are written to a temporary folder that is
+    removed once ONNX Runtime has loaded them.
     """
     if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     model.eval()
     t0 = time.perf_counter()
     if name == "eager":
@@ -127,23 +92,25 @@ def make_backend(name: str, model: nn.Module, *, example: torch.Tensor | None = 
                                          example=example)
         return TorchBackend(name, prepared, True, time.perf_counter() - t0)
     require_onnxruntime()
-    from resnetkit.export.formats import export_model
-
     if name == "onnxruntime-int8" and calib is None:
-        raise UserError("the onnxruntime-int8 backend needs calibration images (e.g. --calib-data fashion_mnist)")
+        raise ConfigError("the onnxruntime-int8 backend needs calibration images: calib=(N, C, H, W) tensor")
     if next(model.parameters()).device.type != "cpu":  # ONNX Runtime runs on the CPU here
         model = copy.deepcopy(model).cpu()
     example = example.cpu() if example is not None else None
     c, h, w = _input_size(model, example)
     folded = prepare_for_inference(model, fold_bn=fold_bn, channels_last=False, example=example)
-    workdir = Path(workdir or tempfile.mkdtemp(prefix="resnetkit-ort-"))
-    path = workdir / "model.onnx"
-    export_model(folded, path, "onnx", input_size=(h, w), in_chans=c, reference=model)
-    if name == "onnxruntime-int8":
-        from resnetkit.export.quantize import quantize_onnx
-
-        qpath = workdir / "model.int8.onnx"
-        quantize_onnx(path, qpath, calib)
-        path = qpath
-    session = ort_session(path, threads=threads)
-    return OrtBackend(name, session, time.perf_counter() - t0, path)
+    # Without a `workdir` the files live in a temporary folder only until the session has read them.
+    keep = workdir is not None
+    workdir = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="resnetkit-ort-"))
+    try:
+        path = workdir / "model.onnx"
+        export_model(folded, path, "onnx", input_size=(h, w), in_chans=c, reference=model)
+        if name == "onnxruntime-int8":
+            qpath = workdir / "model.int8.onnx"
+            quantize_onnx(path, qpath, calib)
+            path = qpath
+        session = ort_session(path, threads=threads)
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return OrtBackend(name, session, time.perf_counter() - t0, path if keep else None)

@@ -20,7 +20,9 @@ import logging
 import torch
 from torch import nn
 
+from resnetkit.layers import StdConv2dSame
 from resnetkit.models.units import ConvBn
+from resnetkit.weights import input_shape
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +60,16 @@ def fold_batch_norms(model: nn.Module) -> int:
         raise ValueError("fold_batch_norms needs a model in eval mode (BN must use running statistics)")
     folded = 0
     for module in list(model.modules()):
-        if isinstance(module, ConvBn) and isinstance(module.bn, nn.BatchNorm2d):
+        # A weight-standardised conv normalises its weights on every call: a folded scale would be undone.
+        if isinstance(module, ConvBn) and isinstance(module.bn, nn.BatchNorm2d) and \
+                not isinstance(module.conv, StdConv2dSame):
             fold_conv_bn(module.conv, module.bn)
             module.bn = nn.Identity()
             folded += 1
         elif isinstance(module, nn.Sequential):
             children = list(module.named_children())
             for (_, a), (name_b, b) in zip(children, children[1:]):
-                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d):
+                if isinstance(a, nn.Conv2d) and isinstance(b, nn.BatchNorm2d) and not isinstance(a, StdConv2dSame):
                     fold_conv_bn(a, b)
                     setattr(module, name_b, nn.Identity())
                     folded += 1
@@ -73,22 +77,12 @@ def fold_batch_norms(model: nn.Module) -> int:
 
 
 def parity_input(model: nn.Module, batch: int = 2) -> torch.Tensor:
-    """A small random input that fits `model`: its preprocessing size, else min(registry size, 64)."""
-    from resnetkit.models import model_defaults
-
-    size = None
-    pre = getattr(model, "preprocessing", None)
-    if pre and pre.get("size"):
-        size = tuple(pre["size"])
-    if size is None:
-        config = getattr(model, "config", None)
-        default = model_defaults(config.arch)["input_size"] if config is not None else 64
-        size = (min(default, 64),) * 2
-    in_chans = getattr(getattr(model, "conv1", None), "in_channels", None)
-    if in_chans is None:
-        in_chans = getattr(getattr(getattr(model, "conv1", None), "conv", None), "in_channels", 3)
+    """A small random input that fits `model`: its card's input size, else min(registry size, 64)."""
+    c, h, w = input_shape(model)
+    if getattr(model, "card", None) is None or model.card.preprocessing is None:
+        h, w = min(h, 64), min(w, 64)
     device = next(model.parameters()).device
-    return torch.randn(batch, in_chans, *size, generator=torch.Generator().manual_seed(0)).to(device)
+    return torch.randn(batch, c, h, w, generator=torch.Generator().manual_seed(0)).to(device)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
@@ -108,10 +102,7 @@ def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last:
     Inputs to a channels-last model should be channels-last too (the backends do this).
     """
     model.eval()
-    prepared = copy.deepcopy(model)
-    for attr in ("config", "preprocessing", "class_names"):
-        if hasattr(model, attr):
-            setattr(prepared, attr, getattr(model, attr))
+    prepared = copy.deepcopy(model)  # deepcopy keeps .config and .card
     if fold_bn:
         n = fold_batch_norms(prepared)
         log.debug("folded %d batch norms", n)

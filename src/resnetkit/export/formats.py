@@ -8,56 +8,29 @@ Files are written to a temporary name beside the target and renamed, so a failed
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from resnetkit.errors import UserError
-from resnetkit.export.fold import relative_error
-from resnetkit.layers.padding import MaxPool2dSame
+from resnetkit._helpers import atomic_write, check_output
+from resnetkit.errors import ConfigError, DependencyError
+from resnetkit.export.fold import prepare_for_inference, relative_error
+from resnetkit.export.ort import ort_session, quiet, require_onnxruntime
+from resnetkit.layers import MaxPool2dSame, SymbolicMaxPool2dSame
+from resnetkit.weights import input_shape, load
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported-program": ".pt2"}
 DEFAULT_OPSET = 18
+OPSETS = range(18, 24)  # torch's dynamo exporter starts at 18; onnxscript 0.7 knows up to 23
 # Exported artifacts may reorder fp32 sums (ORT's fused kernels): 1e-4 of the output range is plenty.
 EXPORT_RTOL = 1e-4
-
-
-class SymbolicMaxPool2dSame(nn.Module):
-    """TF 'SAME' max pooling written with symbolic sizes, so that an export keeps H and W dynamic.
-
-    `max_pool2d_same` picks its padding from Python ints (`int(h)`), which torch.export and tracing
-    freeze to the example's size. Here the input is padded with -inf by k-1 on every side and then
-    sliced to where TF's padding would start: the same windows, for any size.
-    """
-
-    def __init__(self, kernel_size: int = 3, stride: int = 2):
-        super().__init__()
-        self.kernel_size, self.stride = kernel_size, stride
-
-    def _window(self, n):
-        k, s = self.kernel_size, self.stride
-        out = (n + s - 1) // s  # ceil(n / s)
-        total = (out - 1) * s + k - n  # TF's pad_total: never negative when k >= s (no max needed)
-        return (k - 1) - total // 2, (out - 1) * s + k  # start in the padded input, length
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = self.kernel_size
-        h, w = x.shape[-2], x.shape[-1]
-        sh, lh = self._window(h)
-        sw, lw = self._window(w)
-        x = F.pad(x, (k - 1, k - 1, k - 1, k - 1), value=float("-inf"))
-        return F.max_pool2d(x[:, :, sh:sh + lh, sw:sw + lw], k, self.stride)
 
 
 def exportable(model: nn.Module, dynamic_size: bool = True) -> nn.Module:
@@ -83,37 +56,6 @@ def default_output(weights: str | os.PathLike, fmt: str) -> Path:
     return p.with_name(p.name.removesuffix(".safetensors") + FORMATS[fmt])
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (ending in `suffix`, default path's own); rename it onto `path`
-    when the block succeeds, delete it when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{suffix or path.suffix}")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _quiet(*names: str) -> Iterator[None]:
-    """Silence the exporter's INFO chatter ('Removed 193 unused nodes') while it runs."""
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _dynamic_shapes(dynamic_size: bool) -> tuple[dict]:
     d = torch.export.Dim.DYNAMIC
     return ({0: d, 2: d, 3: d} if dynamic_size else {0: d},)  # for forward's one positional input
@@ -123,8 +65,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter needs it)
     except ImportError:
-        raise UserError("ONNX export needs onnx and onnxscript: pip install 'resnetkit[onnx]'") from None
-    with warnings.catch_warnings(), _quiet("onnxscript", "onnx_ir", "torch.onnx"):
+        raise DependencyError("ONNX export needs onnx and onnxscript: pip install 'resnetkit[onnx]'") from None
+    with warnings.catch_warnings(), quiet("onnxscript", "onnx_ir", "torch.onnx"):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
                                     dynamic_shapes=_dynamic_shapes(dynamic_size), input_names=["input"],
@@ -148,8 +90,6 @@ def load_runner(path: str | os.PathLike, fmt: str, threads: int | None = None):
     """A function (N, C, H, W) float tensor -> output tensor that runs the artifact at `path`."""
     path = str(path)
     if fmt == "onnx":
-        from resnetkit.export.backends import ort_session
-
         session = ort_session(path, threads=threads)
         name = session.get_inputs()[0].name
         return lambda x: torch.from_numpy(session.run(None, {name: x.contiguous().numpy()})[0])
@@ -161,7 +101,7 @@ def load_runner(path: str | os.PathLike, fmt: str, threads: int | None = None):
     if fmt == "exported-program":
         module = torch.export.load(path).module()
         return lambda x: module(x)
-    raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
 @torch.no_grad()
@@ -203,7 +143,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, input_s
     `dynamic_size` defaults to True for fully convolutional models.
     """
     if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if dynamic_size is None:
         dynamic_size = is_fully_convolutional(model)
     model = model.eval().cpu()
@@ -212,7 +152,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, input_s
     example = torch.randn(2, in_chans, *input_size, generator=torch.Generator().manual_seed(0))
     path = Path(path)
     # torch.export.save insists on a .pt2 name, so the temporary file keeps the format's suffix.
-    with atomic_path(path, FORMATS[fmt]) as tmp:
+    with atomic_write(path, FORMATS[fmt]) as tmp:
         if fmt == "onnx":
             _export_onnx(export_net, example, tmp, opset, dynamic_size)
         elif fmt == "torchscript":
@@ -225,3 +165,28 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str, *, input_s
         log.info("%s check: input %s max abs diff %.3g (relative %.3g)", fmt, "x".join(map(str, c["input"])),
                  c["max_abs_diff"], c["rel"])
     return dict(path=path, format=fmt, dynamic_size=dynamic_size, checks=checks)
+
+
+def export_file(weights: str | os.PathLike | nn.Module, out: str | os.PathLike | None = None, fmt: str = "onnx", *,
+                input_size: tuple[int, int] | None = None, fold_bn: bool = True, dynamic_size: bool | None = None,
+                opset: int = DEFAULT_OPSET, overwrite: bool = False, allow_nonfinite: bool = False) -> dict:
+    """What `resnetkit export` does: load a weights file (or take a model with a card), fold its batch
+    norms, export it to `out` (default: beside the weights, model.onnx / .torchscript.pt / .pt2) and
+    validate the artifact against the unfolded model. An existing `out` is replaced only with
+    `overwrite`. Returns export_model's result dict."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if opset not in OPSETS:
+        raise ConfigError(f"opset {opset}: choose {OPSETS.start} to {OPSETS.stop - 1}")
+    if out is None and not isinstance(weights, str | os.PathLike):
+        raise ConfigError("out is required when exporting a model object (there is no weights file to put it beside)")
+    if fmt == "onnx":
+        require_onnxruntime()  # fail before the (slow) export, with the install hint
+    out = check_output(out if out is not None else default_output(weights, fmt),
+                       inputs=[weights] if isinstance(weights, str | os.PathLike) else [], overwrite=overwrite)
+    model = load(weights, allow_nonfinite=allow_nonfinite) if isinstance(weights, str | os.PathLike) else weights.eval()
+    in_chans, h, w = input_shape(model, input_size)
+    net = prepare_for_inference(model, channels_last=False) if fold_bn else model
+    return export_model(net, out, fmt,
+                        input_size=(h, w), in_chans=in_chans, opset=opset, dynamic_size=dynamic_size,
+                        reference=model)

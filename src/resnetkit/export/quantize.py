@@ -7,6 +7,7 @@ portable .onnx file. (benchmarks/inference.py measures the int8 row against the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -14,25 +15,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from resnetkit.errors import UserError
-from resnetkit.export.backends import require_onnxruntime
-from resnetkit.export.formats import _quiet, atomic_path
+from resnetkit._helpers import atomic_write, check_output
+from resnetkit.data import load_dataset, normalize
+from resnetkit.errors import ConfigError
+from resnetkit.export.ort import ort_session, quiet, require_onnxruntime
+from resnetkit.weights import Preprocessing
 
 log = logging.getLogger(__name__)
 
 
-def calibration_images(spec: str, preprocessing: dict | None, n: int = 512, seed: int = 0,
+def _split(spec: str, pre: Preprocessing | None, data_dir: str | None, train: bool):
+    size, channels = (pre.size[0], pre.channels) if pre is not None and pre.size else (32, 3)
+    split = load_dataset(spec, data_dir, image_size=size, channels=channels)[0 if train else 1]
+    # normalised as the model expects, not with the dataset's own statistics
+    return dataclasses.replace(split, mean=pre.mean, std=pre.std) if pre is not None else split
+
+
+def calibration_images(spec: str, preprocessing: Preprocessing | None, n: int = 512, seed: int = 0,
                        data_dir: str | None = None) -> torch.Tensor:
     """`n` images from the TRAINING split of dataset `spec`, normalised as the model expects: (n, C, H, W)."""
-    from resnetkit.data import load_dataset, normalize
-
-    pre = preprocessing or {}
-    size = (pre.get("size") or [32])[0]
-    train, _ = load_dataset(spec, data_dir, image_size=size, channels=1 if pre.get("grayscale") else 3)
+    train = _split(spec, preprocessing, data_dir, train=True)
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
-    mean, std = pre.get("mean") or train.mean, pre.get("std") or train.std
-    return normalize(train.images[idx], torch.tensor(mean), torch.tensor(std))
+    return normalize(train.images[idx], torch.tensor(train.mean), torch.tensor(train.std))
 
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: torch.Tensor, *, batch_size: int = 32,
@@ -47,7 +53,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: torch.T
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if calib.ndim != 4 or len(calib) == 0:
-        raise UserError(f"calibration images must be a non-empty (N, C, H, W) batch, got {tuple(calib.shape)}")
+        raise ConfigError(f"calibration images must be a non-empty (N, C, H, W) batch, got {tuple(calib.shape)}")
 
     class Reader(CalibrationDataReader):
         def __init__(self, input_name: str):
@@ -61,12 +67,51 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: torch.T
 
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     dst = Path(dst)
-    with tempfile.TemporaryDirectory(prefix="resnetkit-quant-") as tmpdir, atomic_path(dst) as tmp:
+    with tempfile.TemporaryDirectory(prefix="resnetkit-quant-") as tmpdir, atomic_write(dst) as tmp:
         pre = Path(tmpdir) / "preprocessed.onnx"
-        with _quiet("onnxruntime", "root"):
+        with quiet("onnxruntime", "root"):
             # Shape inference and ORT's basic graph optimisations first (ONNX Runtime's recommendation).
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(tmp), Reader(input_name), quant_format=QuantFormat.QDQ,
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
     return dst
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, fp32_onnx: str | os.PathLike, calib_data: str, *, out: str | os.PathLike | None = None,
+             calib_n: int = 512, eval_n: int = 0, data_dir: str | None = None, overwrite: bool = False) -> dict:
+    """Quantise the ONNX export `fp32_onnx` of `model` to int8 (MODEL.int8.onnx beside it, or `out`),
+    calibrating on `calib_n` training images of dataset `calib_data` preprocessed as the model's card
+    says. With `eval_n`, both files are run by ONNX Runtime on the first `eval_n` test images.
+
+    Returns {"path", "calib_n", and with eval_n: "n", "top1_fp32", "top1_int8", "agreement"}.
+    """
+    if calib_n < 1 or eval_n < 0:
+        raise ConfigError(f"calib_n ({calib_n}) must be >= 1 and eval_n ({eval_n}) >= 0")
+    pre = model.card.preprocessing if getattr(model, "card", None) is not None else None
+    calib = calibration_images(calib_data, pre, n=calib_n, data_dir=data_dir)
+    if pre is not None and pre.size is not None and tuple(calib.shape[1:]) != (pre.channels, *pre.size):
+        raise ConfigError(f"{calib_data} images are {tuple(calib.shape[1:])}, the model takes "
+                          f"{(pre.channels, *pre.size)}")
+    fp32_onnx = Path(fp32_onnx)
+    qpath = check_output(out or fp32_onnx.with_name(fp32_onnx.name.removesuffix(".onnx") + ".int8.onnx"),
+                         inputs=[fp32_onnx], overwrite=overwrite)
+    quantize_onnx(fp32_onnx, qpath, calib)
+    result = {"path": qpath, "calib_n": len(calib)}
+    if eval_n:
+        test = _split(calib_data, pre, data_dir, train=False)
+        n = min(eval_n, len(test))
+        preds = {}
+        for name, path in (("fp32", fp32_onnx), ("int8", qpath)):
+            session = ort_session(path)
+            input_name = session.get_inputs()[0].name
+            preds[name] = torch.cat([
+                torch.from_numpy(session.run(None, {input_name: normalize(
+                    test.images[i:min(i + 256, n)], torch.tensor(test.mean), torch.tensor(test.std)).numpy()})[0]
+                ).argmax(1) for i in range(0, n, 256)])
+        labels = test.labels[:n]
+        result.update(n=n, top1_fp32=float((preds["fp32"] == labels).float().mean()),
+                      top1_int8=float((preds["int8"] == labels).float().mean()),
+                      agreement=float((preds["fp32"] == preds["int8"]).float().mean()))
+    return result

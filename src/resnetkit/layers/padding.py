@@ -8,8 +8,6 @@ input of a stride-2 pool is padded at the bottom/right only.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,11 +21,16 @@ def fixed_padding(kernel_size: int, rate: int = 1) -> tuple[int, int]:
     return pad_beg, pad_total - pad_beg
 
 
-def same_padding(size: int, kernel_size: int, stride: int, rate: int = 1) -> tuple[int, int]:
-    """(pad_beg, pad_end) that TF's padding='SAME' uses for one spatial dimension of `size`."""
+def same_padding(size, kernel_size: int, stride: int, rate: int = 1) -> tuple:
+    """(pad_beg, pad_end) that TF's padding='SAME' uses for one spatial dimension of `size`.
+
+    Written with integer division only, so `size` may be a symbolic size (torch.export, ONNX).
+    """
     k_eff = kernel_size + (kernel_size - 1) * (rate - 1)
-    out = math.ceil(size / stride)
-    pad_total = max((out - 1) * stride + k_eff - size, 0)
+    out = (size + stride - 1) // stride  # ceil(size / stride)
+    pad_total = (out - 1) * stride + k_eff - size
+    if k_eff < stride:  # only then can the window end before the input does
+        pad_total = max(pad_total, 0)
     return pad_total // 2, pad_total - pad_total // 2
 
 
@@ -40,11 +43,11 @@ class Conv2dSame(nn.Conv2d):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 rate: int = 1, bias: bool = False):
+                 rate: int = 1, bias: bool = False, groups: int = 1):
         beg, end = fixed_padding(kernel_size, rate)
         symmetric = beg == end
         super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=beg if symmetric else 0, dilation=rate, bias=bias)
+                         padding=beg if symmetric else 0, dilation=rate, groups=groups, bias=bias)
         self.rate = rate
         self._extra_pad = None if symmetric else (beg, end, beg, end)
 
@@ -55,9 +58,9 @@ class Conv2dSame(nn.Conv2d):
 
 
 def conv2d_same(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, rate: int = 1,
-                bias: bool = False) -> Conv2dSame:
-    """Build slim's `conv2d_same` as a module (weights in PyTorch's OIHW layout)."""
-    return Conv2dSame(in_channels, out_channels, kernel_size, stride, rate, bias)
+                bias: bool = False, groups: int = 1) -> Conv2dSame:
+    """Build slim's `conv2d_same` as a module (weights in PyTorch's OIHW layout; `groups` for ResNeXt)."""
+    return Conv2dSame(in_channels, out_channels, kernel_size, stride, rate, bias, groups)
 
 
 def subsample(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -101,3 +104,25 @@ class MaxPool2dSame(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=SAME"
+
+
+class SymbolicMaxPool2dSame(nn.Module):
+    """TF 'SAME' max pooling written with symbolic sizes, so that an export keeps H and W dynamic.
+
+    `max_pool2d_same` picks its padding from Python ints (`int(h)`), which torch.export and tracing
+    freeze to the example's size. Here the input is padded with -inf by k-1 on every side and then
+    sliced to where TF's padding would start: the same windows, for any size.
+    """
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k, s = self.kernel_size, self.stride
+        h, w = x.shape[-2], x.shape[-1]
+        (top, bottom), (left, right) = same_padding(h, k, s), same_padding(w, k, s)
+        x = F.pad(x, (k - 1, k - 1, k - 1, k - 1), value=float("-inf"))
+        # The window of the TF-padded input inside the input padded by k-1 everywhere.
+        y0, x0 = k - 1 - top, k - 1 - left
+        return F.max_pool2d(x[:, :, y0:y0 + top + h + bottom, x0:x0 + left + w + right], k, s)

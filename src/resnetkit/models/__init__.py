@@ -1,6 +1,7 @@
-"""ResNet models: block specs, units, the generator, and the registry of named variants."""
+"""ResNet models: block specs, units, the generator, the registry of named variants (classification and
+segmentation: `create_model(name, **kw)` builds every one of them)."""
 
-from resnetkit.models import variants  # noqa: F401  (registers the named models)
+from resnetkit.models import segmentation, variants  # noqa: F401  (register the named models; variants first)
 from resnetkit.models.blocks import (
     Block,
     basic_v1_block,
@@ -9,8 +10,18 @@ from resnetkit.models.blocks import (
     resnet_v1_block,
     resnet_v2_block,
 )
-from resnetkit.models.registry import ModelConfig, create_model, list_models, model_defaults, register_model
+from resnetkit.models.features import FeatureInfo
+from resnetkit.models.registry import (
+    TASKS,
+    ModelConfig,
+    create_model,
+    list_models,
+    model_defaults,
+    register_model,
+    set_pretrained_loader,
+)
 from resnetkit.models.resnet import ResNet
+from resnetkit.models.segmentation import HEADS, SegModel, segmentation_name, upsample_logits
 from resnetkit.models.units import (
     Basic,
     Bottleneck,
@@ -25,8 +36,10 @@ from resnetkit.models.units import (
 )
 
 __all__ = [
-    "Basic", "Block", "Bottleneck", "ModelConfig", "ResNet", "basic_v1", "basic_v1_block", "basic_v2",
+    "HEADS", "TASKS", "Basic", "FeatureInfo", "Block", "Bottleneck", "ModelConfig", "ResNet", "SegModel", "basic_v1",
+    "basic_v1_block", "basic_v2",
     "basic_v2_block", "bottleneck_block", "bottleneck_v1", "bottleneck_v2", "create_model", "list_models",
     "model_defaults", "plain_basic_v1", "plain_basic_v2", "plain_bottleneck_v1", "plain_bottleneck_v2",
-    "register_model", "resnet_v1_block", "resnet_v2_block",
+    "register_model", "resnet_v1_block", "resnet_v2_block", "segmentation_name", "set_pretrained_loader",
+    "upsample_logits",
 ]

@@ -1,7 +1,9 @@
 """Block specs in the TF-slim style: a network body is a list of `Block(scope, unit_fn, args)`.
 
-`args` holds one dict per unit (`depth`, `depth_bottleneck` where the unit has a bottleneck, `stride`).
-`unit_fn(in_depth, **args, rate=..., **unit_kwargs)` builds the unit as an nn.Module; the units in
+`args` holds one dict per unit (`depth`, `depth_bottleneck` where the unit has a bottleneck, `stride`,
+and any unit option that makes a variant: `cardinality` and `base_width` for ResNeXt and Wide ResNet,
+`se_ratio` for SE nets, `dropout` for Wide ResNets; see `resnetkit.models.units`).
+`unit_fn(in_chans, **args, rate=..., **unit_kwargs)` builds the unit as an nn.Module; the units in
 `resnetkit.models.units` are the ones of the papers, and any callable with that signature will do.
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 import json
 import re
@@ -12,10 +11,21 @@ from typing import Any
 
 from torch import nn
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import did_you_mean
+from resnetkit.errors import ConfigError
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DEFAULTS: dict[str, dict[str, Any]] = {}
+TASKS = ("classification", "segmentation")
+# Set by resnetkit.pretrained when the package is imported: (name, pretrained, **kwargs) -> model. The
+# registry stays free of downloads and converters (a floor above); create_model hands `pretrained` over.
+_pretrained_loader: Callable[..., nn.Module] | None = None
+
+
+def set_pretrained_loader(fn: Callable[..., nn.Module]) -> None:
+    """Install the function that resolves `create_model(name, pretrained=...)` (resnetkit.pretrained)."""
+    global _pretrained_loader
+    _pretrained_loader = fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,26 +52,31 @@ class ModelConfig:
         return create_model(self.arch, **self.kwargs)
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, input_size: int = 224,
-                   num_classes: int = 1000, family: str = "") -> Callable:
-    """Decorator: register `fn` under its function name with its default input size and classes."""
+def register_model(fn: Callable[..., nn.Module] | None = None, *, name: str | None = None, input_size: int = 224,
+                   num_classes: int = 1000, family: str = "", task: str = "classification") -> Callable:
+    """Decorator: register `fn` under `name` (default: its function name) with its default input size,
+    number of classes, family (layout) and task."""
 
     def wrap(f):
-        _REGISTRY[f.__name__] = f
-        _DEFAULTS[f.__name__] = dict(input_size=input_size, num_classes=num_classes, family=family)
+        key = name or f.__name__
+        _REGISTRY[key] = f
+        _DEFAULTS[key] = dict(input_size=input_size, num_classes=num_classes, family=family, task=task)
         return f
 
     return wrap(fn) if fn is not None else wrap
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered names, optionally filtered by a shell pattern ('resnet_v2_*')."""
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Registered names, optionally filtered by a shell pattern ('resnet_v2_*') and a task."""
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"task {task!r}: choose one of {', '.join(TASKS)}")
     names = sorted(_REGISTRY, key=_natural_key)
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+    return [n for n in names if (pattern is None or fnmatch.fnmatch(n, pattern))
+            and (task is None or _DEFAULTS[n]["task"] == task)]
 
 
 def model_defaults(name: str) -> dict[str, Any]:
-    """Default input size, number of classes and family of a registered model."""
+    """Default input size, number of classes, family and task of a registered model."""
     _check_name(name)
     return dict(_DEFAULTS[name])
 
@@ -72,20 +87,41 @@ def _natural_key(name: str):
 
 def _check_name(name: str) -> None:
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `resnetkit models` for the list"
-        raise UserError(f"unknown model {name!r}: {hint}")
+        hint = did_you_mean(name, _REGISTRY, "resnetkit.list_models() (or `resnetkit models`) lists them")
+        raise ConfigError(f"unknown model {name!r}: {hint}")
 
 
-def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build a registered model with fresh weights; `model.config` records how.
+def _check_sizes(kwargs: dict) -> None:
+    """The counts every builder takes, checked by name before anything is built."""
+    k = kwargs.get("num_classes", 1)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        raise ConfigError(f"num_classes must be a positive integer (0 or None: no classifier), got {k!r}")
+    c = kwargs.get("in_chans", 3)
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ConfigError(f"in_chans must be a positive integer, got {c!r}")
 
-    Keyword arguments go to the ResNet class (num_classes, in_chans, output_stride, global_pool, ...).
+
+def create_model(name: str, pretrained: bool | str | None = None, **kwargs: Any) -> nn.Module:
+    """Build any registered model, classification or segmentation; `model.config` records how.
+
+    `pretrained`: None/False for fresh weights; True for the first registered weights of `name`; a
+    catalogue tag ('resnet50.tv_in1k', see resnetkit.pretrained.list_pretrained), downloaded, checked
+    and converted once into the cache; or the path of one of our weights files. Pretrained models come
+    back in eval mode with `.card` (class names, preprocessing, source). Keyword arguments go to the
+    builder (num_classes, in_chans, output_stride, global_pool, ...). A bad name or value raises a
+    ConfigError, which is a ValueError.
     """
     _check_name(name)
+    _check_sizes(kwargs)
+    if pretrained:
+        if _pretrained_loader is None:
+            raise ConfigError("pretrained weights need resnetkit.pretrained; `import resnetkit` installs it")
+        return _pretrained_loader(name, pretrained, **kwargs)
     try:
         model = _REGISTRY[name](**kwargs)
-    except ValueError as e:  # impossible output stride and the like: the user's to fix
-        raise UserError(f"{name}: {e}") from None
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:  # an impossible output stride, an unknown keyword
+        raise ConfigError(f"{name}: {e}") from None
     model.config = ModelConfig(name, dict(kwargs))
     return model

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetkit.layers import MaxPool2dSame, conv2d_same
+from resnetkit.layers import NORMS, MaxPool2dSame, norm2d
 from resnetkit.models.blocks import Block
-from resnetkit.models.units import ConvBn, batch_norm
+from resnetkit.models.features import FeatureInfo, check_out_indices
+from resnetkit.models.units import ConvBn, conv
 
-ROOTS = ("imagenet", "cifar")
+ROOTS = ("imagenet", "cifar", "deep")
 ROOT_POOLS = ("same", "torch", "keras", "none")
 
 
@@ -47,16 +48,29 @@ class ResNet(nn.Module):
         include_root_block: False starts directly with the blocks (inputs must have block1's depth or
             any depth: the first unit adapts).
         spatial_squeeze: squeeze (N, K, 1, 1) logits to (N, K).
-        root: 'imagenet' (7x7/2 conv + 3x3/2 pool) or 'cifar' (3x3/1 conv, no pool).
+        root: 'imagenet' (7x7/2 conv + 3x3/2 pool), 'cifar' (3x3/1 conv, no pool) or 'deep' (three 3x3
+            convs of root_depth/2, root_depth/2 and root_depth channels, the first strided, + the pool:
+            ResNet-C/D of He et al. 2019, timm's `stem_type='deep'`).
         root_pool: 'same' (TF 'SAME', slim), 'torch' (symmetric padding 1, torchvision),
             'keras' (zero padding 1), or 'none'.
-        preact: v2 layout: root conv with a bias and no BN/ReLU, a BN+ReLU 'postnorm' after the blocks.
+        preact: v2 layout: root conv with no BN/ReLU (a bias unless v2_bias=False), a norm+ReLU 'postnorm'
+            after the blocks.
         in_chans: input channels. root_depth: channels of the root conv.
         scope: prefix of end point names ('resnet_v2_50').
-        shortcut: 'A', 'B' or 'C' (paper, section 4.1) for every unit; None keeps each unit's default.
+        shortcut: 'A', 'B' or 'C' (paper, section 4.1), or 'D' (avg-pool downsampling, ResNet-D) for every
+            unit; None keeps each unit's default.
         unit_kwargs: more options passed to every unit_fn that accepts them (bn_eps, bn_momentum).
         zero_init_residual: start each residual branch's last layer at zero (Goyal et al. 2017).
         drop_rate: dropout before the logits.
+        norm: 'bn' (BatchNorm) or 'gn' (GroupNorm, 32 groups) everywhere, root and post-norm included.
+        weight_std: weight-standardised convolutions everywhere but the logits (BiT).
+        v2_bias: v2 convolutions that no normaliser follows (root, conv3, projection) have a bias (slim);
+            False for BiT, timm's resnetv2 and the Wide ResNets.
+        drop_path_rate: stochastic depth; unit i of n drops its branch with rate drop_path_rate * i / (n-1)
+            (linear over depth, 0 for the first unit: timm's rule).
+        features_only: the net becomes a feature extractor: `forward` returns the outputs of the stages
+            in `out_indices` as a list (see `feature_info`); no post-norm, no head, no later blocks.
+        out_indices: feature_info indices to return (0 the root conv, i block i); default every block.
     """
 
     def __init__(self, blocks: Sequence[Block], *, num_classes: int | None = 1000, global_pool: bool = True,
@@ -64,28 +78,41 @@ class ResNet(nn.Module):
                  spatial_squeeze: bool = True, root: str = "imagenet", root_pool: str = "same",
                  preact: bool = False, in_chans: int = 3, root_depth: int = 64, scope: str = "resnet",
                  shortcut: str | None = None, unit_kwargs: dict | None = None, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1, zero_init_residual: bool = False, drop_rate: float = 0.0):
+                 bn_momentum: float = 0.1, zero_init_residual: bool = False, drop_rate: float = 0.0,
+                 norm: str = "bn", weight_std: bool = False, v2_bias: bool = True, drop_path_rate: float = 0.0,
+                 features_only: bool = False, out_indices: Sequence[int] | None = None):
         super().__init__()
         if root not in ROOTS:
             raise ValueError(f"root must be one of {ROOTS}, got {root!r}")
         if root_pool not in ROOT_POOLS:
             raise ValueError(f"root_pool must be one of {ROOT_POOLS}, got {root_pool!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
+        if out_indices is not None and not features_only:
+            raise ValueError("out_indices selects the outputs of features_only=True; pass that too")
+        if features_only:
+            num_classes = None
         self.scope, self.num_classes, self.global_pool = scope, num_classes, global_pool
         self.spatial_squeeze, self.preact, self.drop_rate = spatial_squeeze, preact, drop_rate
-        self.output_stride = output_stride
+        self.output_stride, self.in_chans = output_stride, in_chans
         bn = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        # Only what differs from the units' defaults is passed, so user-defined unit_fns see no new kwargs.
+        style = {k: v for k, v in dict(norm=norm, weight_std=weight_std, v2_bias=v2_bias).items()
+                 if v != dict(norm="bn", weight_std=False, v2_bias=True)[k]}
 
         # --- root: (N, in_chans, H, W) -> (N, root_depth, H/4, W/4) for ImageNet, H/1 for CIFAR
         root_stride = 1
         if include_root_block:
-            k, s = (7, 2) if root == "imagenet" else (3, 1)
-            if preact:
-                self.conv1 = conv2d_same(in_chans, root_depth, k, s, bias=True)
-            else:
-                self.conv1 = ConvBn(in_chans, root_depth, k, s, **bn)
-            root_stride = s
+            self.conv1 = self._root(root, in_chans, root_depth, preact, v2_bias,
+                                    dict(bn, norm=norm, weight_std=weight_std))
+            root_stride = 1 if root == "cifar" else 2
+            # index 0 of feature_info: the root conv's output, before the pool
+            self.feature_info = FeatureInfo([dict(num_chs=root_depth, reduction=root_stride, module="conv1",
+                                                  end_point=f"{scope}/conv1")])
             self.pool1 = None
-            if root == "imagenet" and root_pool != "none":
+            if root != "cifar" and root_pool != "none":
                 self.pool1 = {"same": MaxPool2dSame(3, 2), "torch": nn.MaxPool2d(3, 2, 1),
                               "keras": ZeroPadMaxPool()}[root_pool]
                 root_stride *= 2
@@ -93,6 +120,7 @@ class ResNet(nn.Module):
         else:
             self.conv1 = self.pool1 = None
             depth = in_chans
+            self.feature_info = FeatureInfo([dict(num_chs=in_chans, reduction=1, module="", end_point="inputs")])
         self.include_root_block = include_root_block
 
         if output_stride is not None:
@@ -104,18 +132,21 @@ class ResNet(nn.Module):
             target = None
 
         # --- body: slim's stack_blocks_dense, deciding strides and rates at build time
-        unit_kwargs = dict(bn, **(unit_kwargs or {}))
+        unit_kwargs = dict(bn, **style, **(unit_kwargs or {}))
         if shortcut is not None:
             unit_kwargs["shortcut"] = shortcut
         self.blocks = nn.Sequential()
-        self.feature_info = []
         current_stride, rate = 1, 1
+        n_units, unit_index = sum(len(b.args) for b in blocks), 0
         for block in blocks:
             units = nn.Sequential()
             for i, args in enumerate(block.args):
                 args = dict(args)
                 stride = args.pop("stride", 1)
                 kw = {k: v for k, v in unit_kwargs.items() if _accepts(block.unit_fn, k)}
+                if drop_path_rate and _accepts(block.unit_fn, "drop_path"):
+                    kw["drop_path"] = drop_path_rate * unit_index / max(n_units - 1, 1)
+                unit_index += 1
                 if target is not None and current_stride == target:
                     # Past the target stride: keep resolution, dilate the following 3x3 convs instead.
                     if stride > 1 and _accepts(block.unit_fn, "output_rate"):
@@ -131,25 +162,57 @@ class ResNet(nn.Module):
                 units.add_module(f"unit_{i + 1}", unit)
             self.blocks.add_module(block.scope, units)
             self.feature_info.append(dict(num_chs=depth, reduction=root_stride * current_stride,
-                                          module=f"blocks.{block.scope}"))
+                                          module=f"blocks.{block.scope}", end_point=f"{scope}/{block.scope}"))
         if target is not None and current_stride != target:
             raise ValueError(f"the target output_stride {output_stride} cannot be reached (the blocks "
                              f"stride by {root_stride * current_stride} in all)")
 
-        self.postnorm = batch_norm(depth, bn_eps, bn_momentum) if preact else None
+        self.postnorm = norm2d(norm, depth, bn_eps, bn_momentum) if preact else None
         self.num_features = depth
-        self.logits = nn.Conv2d(depth, num_classes, 1) if num_classes else None
+        self.out_indices = None
+        if features_only:
+            self._keep_features(out_indices)
+        self.logits = nn.Conv2d(self.num_features, num_classes, 1) if num_classes else None
         self._init_weights(zero_init_residual)
+
+    @staticmethod
+    def _root(root: str, in_chans: int, depth: int, preact: bool, v2_bias: bool, bn: dict) -> nn.Module:
+        """The root convolution(s), without the pool. v2 ends on a bare conv (the first unit's preact
+        norm follows it); v1 on conv + norm + ReLU."""
+
+        def last(cin: int, k: int, s: int) -> nn.Module:
+            if preact:
+                return conv(cin, depth, k, s, bias=v2_bias, weight_std=bn["weight_std"])
+            return ConvBn(cin, depth, k, s, **bn)
+
+        if root != "deep":
+            return last(in_chans, *((7, 2) if root == "imagenet" else (3, 1)))
+        # (N, C, H, W) -> (N, depth/2, H/2, W/2) -> (N, depth/2, H/2, W/2) -> (N, depth, H/2, W/2)
+        return nn.Sequential(ConvBn(in_chans, depth // 2, 3, 2, **bn), ConvBn(depth // 2, depth // 2, 3, **bn),
+                             last(depth // 2, 3, 1))
+
+    def _keep_features(self, out_indices: Sequence[int] | None) -> None:
+        """Turn this net into a feature extractor: keep the stages up to the last one wanted."""
+        self.out_indices = check_out_indices(out_indices, len(self.feature_info))
+        last = max(self.out_indices)
+        names = [name for name, _ in self.blocks.named_children()]
+        for name in names[last:]:  # blocks after the last wanted stage would only hold unused parameters
+            delattr(self.blocks, name)
+        self.postnorm, self.global_pool = None, False
+        self.num_features = self.feature_info[last]["num_chs"]
+        self.feature_info = FeatureInfo(self.feature_info[i] for i in self.out_indices)
 
     # ------------------------------------------------------------------ init
     def _init_weights(self, zero_init_residual: bool) -> None:
         """He et al. 2015 ('MSRA') init for convolutions; BN at identity; logits keep PyTorch's default."""
+        if any(p.is_meta for p in self.parameters()):
+            return  # built for its shapes only (profiles, converters' checks): there are no values to set
         for m in self.modules():
             if isinstance(m, nn.Conv2d) and m is not self.logits:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
@@ -185,8 +248,31 @@ class ResNet(nn.Module):
             return F.linear(x.flatten(1), self.logits.weight.flatten(1), self.logits.bias)
         return self.logits(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        if self.out_indices is not None:
+            return self.forward_stages(x, self.out_indices)
         return self.forward_head(self.forward_features(x))
+
+    def forward_stages(self, x: torch.Tensor, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The outputs of stages `indices` (0 the root conv, before its pool; i block i), in order; the
+        blocks after the last one wanted do not run. Block i gives (N, C_i, H/r_i, W/r_i), r_i its
+        reduction in `feature_info`."""
+        want = set(indices)
+        outs = {}
+        if self.conv1 is not None:
+            x = self.conv1(x)
+        if 0 in want:
+            outs[0] = x
+        if max(want) > 0:
+            if self.pool1 is not None:
+                x = self.pool1(x)
+            for i, block in enumerate(self.blocks, start=1):
+                x = block(x)
+                if i in want:
+                    outs[i] = x
+                if i == max(want):
+                    break
+        return [outs[i] for i in indices]
 
     def forward_end_points(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Like TF-slim: returns (net, end_points) keyed by slim's names ('<scope>/block1/unit_1/...')."""

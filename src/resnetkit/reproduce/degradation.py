@@ -23,9 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import check_output, first_few, machine_info
+from resnetkit.data import load_dataset
+from resnetkit.errors import ConfigError, OutputExistsError, UserError
+from resnetkit.models import create_model
 from resnetkit.reproduce import runner
-from resnetkit.reproduce.report import machine_info
+from resnetkit.train import rundir
 from resnetkit.train.config import TrainConfig, resolve
 
 log = logging.getLogger("resnetkit.reproduce")
@@ -55,7 +58,8 @@ class Recipe:
     def config(self, arch: str, out: Path) -> TrainConfig:
         sets = [f"schedule.name={self.schedule}", f"schedule.warmup_steps={self.warmup_steps}"]
         flags = {"model.arch": arch, "data.name": self.data, "data.data_dir": self.data_dir,
-                 "data.subset": self.subset, "data.batch_size": self.batch_size, "optim.lr": self.lr,
+                 "data.subset": self.subset, "data.eval_subset": self.test_subset,
+                 "data.batch_size": self.batch_size, "optim.lr": self.lr,
                  "schedule.epochs": float(self.epochs), "run.seed": self.seed, "run.threads": self.threads,
                  "run.out": str(out / arch)}
         return resolve(None, sets, flags)
@@ -65,10 +69,10 @@ def parse_depths(text: str) -> tuple[int, ...]:
     try:
         depths = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
     except ValueError:
-        raise UserError(f"--depths {text!r}: expected comma-separated integers, e.g. 20,56") from None
+        raise ConfigError(f"depths {text!r}: expected comma-separated integers, e.g. 20,56") from None
     bad = [d for d in depths if d not in CIFAR_DEPTHS]
     if bad or not depths:
-        raise UserError(f"--depths {text!r}: choose from {', '.join(map(str, CIFAR_DEPTHS))} (6n+2 nets with a "
+        raise ConfigError(f"depths {text!r}: choose from {', '.join(map(str, CIFAR_DEPTHS))} (6n+2 nets with a "
                         "plain and a residual variant)")
     return depths
 
@@ -76,9 +80,7 @@ def parse_depths(text: str) -> tuple[int, ...]:
 def _step_seconds(arch: str, in_chans: int, num_classes: int, size: tuple[int, int], batch: int,
                   repeats: int = 3) -> float:
     """Seconds per training step (forward, backward, SGD) on random data, after one untimed step."""
-    import resnetkit
-
-    model = resnetkit.create_model(arch, in_chans=in_chans, num_classes=num_classes)
+    model = create_model(arch, in_chans=in_chans, num_classes=num_classes)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(batch, in_chans, *size), torch.randint(0, num_classes, (batch,))
     for i in range(repeats + 1):
@@ -112,49 +114,81 @@ def plan_epochs(recipe: Recipe, archs: list[str], budget_s: float, train, test) 
     return epochs, step_s
 
 
+def _finished_with(run_dir: Path, cfg: TrainConfig) -> bool:
+    """Does `run_dir` hold a finished run of exactly `cfg`? (Its files are read, never trusted.)"""
+    saved = run_dir / "config.json"
+    if not ((run_dir / "model.safetensors").is_file() and saved.is_file()):
+        return False
+    try:
+        return json.loads(saved.read_bytes()[:1 << 20].decode("utf-8")) == json.loads(json.dumps(cfg.to_dict()))
+    except (OSError, ValueError, RecursionError):
+        return False
+
+
 def _train_one(recipe: Recipe, arch: str, out: Path) -> dict:
     cfg = recipe.config(arch, out)
     run_dir = Path(cfg.run.out)
-    done = runner.read_history(run_dir)
-    saved = run_dir / "config.json"
-    if (run_dir / "model.safetensors").is_file() and saved.is_file() and \
-            json.loads(saved.read_text()) == json.loads(json.dumps(cfg.to_dict())):
+    if _finished_with(run_dir, cfg):
+        done = runner.read_history(run_dir)
         log.info("%s: reusing the finished run in %s", arch, run_dir)  # same config: rerunning would repeat it
-        return {"history": done, "wall_s": done[-1]["time_s"] if done else None, "reused": True}
+        return {"history": done, "wall_s": done[-1].get("time_s") if done else None, "reused": True}
     if run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir} holds another or an unfinished run; remove it or choose another --out (to "
-                        "reuse the finished runs of a --budget-min experiment, pass the --epochs its report shows)")
+        raise UserError(f"{run_dir} holds another or an unfinished run; remove it or choose another output folder "
+                        "(to reuse the finished runs of a budgeted experiment, give the epochs its report shows)")
     t0 = time.perf_counter()
-    trainer = runner.ProbedTrainer(cfg, train_probe=recipe.train_probe, test_subset=recipe.test_subset)
-    result = trainer.fit()
+    result, history = runner.run(cfg, train_probe=recipe.train_probe)
     if result.get("interrupted"):
         raise KeyboardInterrupt
-    return {"history": trainer.history, "wall_s": time.perf_counter() - t0, "reused": False}
+    return {"history": history, "wall_s": time.perf_counter() - t0, "reused": False}
+
+
+REPORT_FILES = ("degradation.png", "degradation.md", "degradation.json", "runs")  # what a report folder holds
+
+
+def check_report_dir(folder: Path, known=REPORT_FILES) -> None:
+    """Refuse `folder` as the output of a degradation experiment unless it is new, empty, or already one:
+    it holds the degradation marker, or (older resnetkit) only the names in `known`. Read-only."""
+    folder = Path(folder)
+    check_output(folder, overwrite=True)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExistsError(f"{folder} is a file, not a folder; choose another output folder")
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    marker = rundir.read_marker(folder)
+    ours = (marker or {}).get("kind") == "degradation" or (marker is None and set(names) <= set(known))
+    if not ours:
+        raise OutputExistsError(f"{folder} is not empty and not a degradation experiment's folder (it holds "
+                                f"{first_few(names)}); choose a new or empty output folder, so that nothing in it is "
+                                "replaced")
 
 
 def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *, budget_min: float = 0.0,
                     command: str = "") -> dict:
-    """Train plain{d} and resnet{d} for every depth with `recipe`; returns the results dict (see report)."""
-    import resnetkit
-    from resnetkit.data import load_dataset
-
+    """Train plain{d} and resnet{d} for every depth with `recipe`, each in out/ARCH; returns the results dict
+    (see report). `out` must be new, empty or this experiment's folder (check_report_dir): it gets the
+    marker before the first run, and a rerun reuses the finished runs of the same recipe."""
     out = Path(out)
     nets = [(k, d, f"{k}{d}") for k in KINDS for d in depths]
     t0 = time.perf_counter()
     machine = machine_info(recipe.threads)  # load average before we add to it
     train, test = load_dataset(recipe.data, recipe.data_dir)  # for the shapes; each run loads its own copy
     step_s = {}
+    if recipe.epochs <= 0 and budget_min <= 0:
+        raise ConfigError("say how long to train: recipe.epochs or budget_min")
+    for *_, arch in nets:  # every value checked before anything is measured or written
+        dataclasses.replace(recipe, epochs=max(1, recipe.epochs)).config(arch, out)
+    check_report_dir(out, known=[f"{k}{d}" for k in KINDS for d in CIFAR_DEPTHS])
     if recipe.epochs <= 0:
-        if budget_min <= 0:
-            raise UserError("say how long to train: --epochs N or --budget-min M")
         epochs, step_s = plan_epochs(recipe, [a for *_, a in nets], 60 * budget_min, train, test)
         recipe = dataclasses.replace(recipe, epochs=epochs)
+    if rundir.read_marker(out) is None:
+        rundir.make_dirs(out)
+        rundir.write_marker(out, "degradation")
     runs = []
     for kind, depth, arch in nets:
         log.info("degradation: training %s (%d epochs)", arch, recipe.epochs)
         r = _train_one(recipe, arch, out)
         h = r["history"]
-        model = resnetkit.create_model(arch, num_classes=train.num_classes, in_chans=train.in_chans)
+        model = create_model(arch, num_classes=train.num_classes, in_chans=train.in_chans)
         runs.append({"arch": arch, "kind": kind, "depth": depth, "params": sum(p.numel() for p in model.parameters()),
                      "wall_s": r["wall_s"], "reused": r["reused"],
                      "run_dir": str(out / arch), "history": h, "final": h[-1] if h else {}})

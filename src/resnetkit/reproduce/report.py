@@ -7,35 +7,14 @@ version), so a number can be judged by where it was measured.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
-import torch
+import matplotlib
+from matplotlib.figure import Figure
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(threads: int = 0) -> dict:
-    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch": str(torch.__version__),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "torch_threads": threads or torch.get_num_threads()}
-    if hasattr(os, "sched_getaffinity"):
-        info["usable_cores"] = len(os.sched_getaffinity(0))
-    if hasattr(os, "getloadavg"):
-        info["load_avg_1_5_15"] = [round(x, 2) for x in os.getloadavg()]
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
+from resnetkit._helpers import atomic_write_json, atomic_write_text, machine_line
+from resnetkit.train.report import save_figure
 
 
 def command_line() -> str:
@@ -43,26 +22,14 @@ def command_line() -> str:
         " ".join(sys.argv)
 
 
-def _machine_line(m: dict) -> str:
-    cores = f"{m.get('usable_cores', m['cpu_count'])} usable cores"
-    load = f", load average {m['load_avg_1_5_15'][0]} at the start" if "load_avg_1_5_15" in m else ""
-    gpu = f", GPU {m['gpu']}" if "gpu" in m else ""
-    return (f"{m['cpu']} ({cores}; the run used {m['torch_threads']} torch thread(s){load}){gpu}; "
-            f"torch {m['torch']}, Python {m['python']}")
-
-
 # -- degradation ------------------------------------------------------------------------------
 
 
 def plot_degradation(result: dict, path: Path) -> None:
     """Two panels, plain | residual: training error dashed, test error solid, one colour per depth."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    colours = plt.get_cmap("tab10")
+    fig = Figure(figsize=(11, 4.2))
+    axes = fig.subplots(1, 2, sharey=True)
+    colours = matplotlib.colormaps["tab10"]
     depths = sorted(result["depths"])
     top = 0.0
     for ax, kind, title in zip(axes, ("plain", "resnet"), ("plain", "ResNet")):
@@ -91,9 +58,7 @@ def plot_degradation(result: dict, path: Path) -> None:
     fig.suptitle(f"{r['data']}: {r['subset'] or 'all'} training images, {r['epochs']} epochs, batch "
                  f"{r['batch_size']}, lr {r['lr']} (dashed: training, solid: test)", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _pct(x) -> str:
@@ -143,7 +108,7 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
         "",
         f"- wall time: {result['wall_s'] / 60:.1f} min for all {len(result['runs'])} runs"
         + (f" (budget {result['budget_min']} min)" if result["budget_min"] else ""),
-        f"- machine: {_machine_line(m)}",
+        f"- machine: {machine_line(m)}",
     ]
     if result.get("measured_step_s"):
         lines.append("- measured step time before planning (s/step, batch {}): {}".format(
@@ -155,11 +120,13 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
 
 def write_degradation(result: dict, out: Path, note: str = "") -> dict[str, Path]:
     """degradation.png, degradation.md and degradation.json in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
     paths = {k: out / f"degradation.{k}" for k in ("png", "md", "json")}
+    text = degradation_markdown(result, paths["png"].name, note)  # a malformed result fails before any write
+    data = json.dumps({**result, "note": note}, indent=2) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
     plot_degradation(result, paths["png"])
-    paths["md"].write_text(degradation_markdown(result, paths["png"].name, note))
-    paths["json"].write_text(json.dumps({**result, "note": note}, indent=2) + "\n")
+    atomic_write_text(paths["md"], text)
+    atomic_write_text(paths["json"], data)
     return paths
 
 
@@ -181,17 +148,18 @@ def cifar_markdown(result: dict) -> str:
         "```",
         "",
         f"- wall time: {result['wall_s'] / 60:.1f} min",
-        f"- machine: {_machine_line(result['machine'])}",
+        f"- machine: {machine_line(result['machine'])}",
     ]
     if result["step"] < result["paper_steps"]:
         lines.append(f"- stopped after {result['step']} of the recipe's {result['paper_steps']} steps "
-                     "(--max-steps): the error is not comparable with the paper's")
+                     "(schedule.max_steps): the error is not comparable with the paper's")
     return "\n".join(lines) + "\n"
 
 
 def write_cifar(result: dict, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "reproduce.md", "json": out / "reproduce.json"}
-    paths["md"].write_text(cifar_markdown(result))
-    paths["json"].write_text(json.dumps(result, indent=2) + "\n")
+    text = cifar_markdown(result)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths["md"], text)
+    atomic_write_json(paths["json"], result)
     return paths

@@ -6,15 +6,18 @@ unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import os
+import dataclasses
+import pickle
 import random
-import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import atomic_write
+from resnetkit.errors import CheckpointError, ConfigError, MissingFileError
+from resnetkit.train.config import TrainConfig, check
 
 
 def rng_state() -> dict:
@@ -43,23 +46,81 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_torch_save(obj, path: Path) -> None:
     """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, fsync=True) as tmp:
+        torch.save(obj, tmp)
 
 
-def load_checkpoint(path: Path) -> dict:
+VERSION = 2  # 2: task state, epoch sums over all processes
+# What every checkpoint of this version holds (the trainer's state_dict).
+KEYS = ("version", "config", "model", "optimizer", "ema", "task", "step", "total_steps", "epoch", "batch_in_epoch",
+        "epoch_sums", "epoch_seconds", "rng")
+
+
+def _first_line(e: Exception, limit: int = 160) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def load_checkpoint(path: Path, *, mmap: bool = False) -> dict:
+    """A trainer checkpoint, read with weights_only=True (no arbitrary unpickling), whose version and
+    keys are checked; anything else is a CheckpointError saying what the file is not."""
+    path = Path(path)
     if not path.is_file():
-        raise UserError(f"--resume: no checkpoint at {path}; start without --resume or point --out at the run")
+        raise MissingFileError(f"resume: no checkpoint at {path}; start a new run, or point run.out at the run "
+                               "to continue")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a traceback
-        raise UserError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from e
+        with path.open("rb") as f:
+            head = f.read(10)
+        if len(head) == 10 and head[8:10] == b'{"' and 0 < int.from_bytes(head[:8], "little") < 1 << 30:
+            raise CheckpointError(f"{path}: a safetensors file (weights, such as model.safetensors), not a training "
+                                  "checkpoint")
+        # mmap reads only what is used (the config), but needs torch.save's zip format; anything else is
+        # read whole, so that a foreign file gets the same verdict either way.
+        with warnings.catch_warnings():  # torch's warnings about odd pickles would add lines to the one error
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and head[:4] == b"PK\x03\x04")
+    except CheckpointError:
+        raise
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():
+            raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(e)})") from None
+        # weights_only refused an object: never advise turning it off for a file of unknown origin.
+        raise CheckpointError(f"{path}: refused: not a checkpoint of plain tensors and values (a foreign, damaged "
+                              "or tampered file); nothing in it was run") from None
+    except Exception as e:  # a truncated, empty or foreign file: say which, not a traceback
+        if not head:
+            raise CheckpointError(f"{path}: an empty file, not a checkpoint (a copy or a save that never finished?)"
+                                  ) from None
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {_first_line(e)}); not a "
+                              "checkpoint written by resnetkit's trainer, or a damaged one") from None
+    if not isinstance(state, dict) or not isinstance(state.get("version"), int) or "config" not in state:
+        raise CheckpointError(f"{path}: not a resnetkit training checkpoint (no version and config)")
+    version = state["version"]
+    if version > VERSION:
+        raise CheckpointError(f"{path}: written by a newer resnetkit (checkpoint version {version}; this one reads "
+                              f"{VERSION}); upgrade resnetkit to resume it")
+    if version < VERSION:
+        raise CheckpointError(f"{path}: written by an older resnetkit (checkpoint version {version}; this one reads "
+                              f"{VERSION}); it cannot be resumed, start a new run")
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a complete training checkpoint (missing {', '.join(missing)})")
+    return state
+
+
+def saved_config(state: dict, path: Path) -> TrainConfig:
+    """The run's config from a loaded checkpoint, with every key and value checked."""
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+        check(cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its saved config is not valid ({e})") from None
+    return cfg
+
+
+def run_config(run_dir: str | Path, checkpoint_name: str = "checkpoint.pt") -> TrainConfig:
+    """The config of the run in `run_dir`, as its checkpoint holds it (memory-mapped: tensors are not read),
+    with run.out set to `run_dir`, where the run is now."""
+    path = Path(run_dir) / checkpoint_name
+    cfg = saved_config(load_checkpoint(path, mmap=True), path)
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(run_dir)))

@@ -1,13 +1,26 @@
-"""Training configuration: frozen dataclasses, dotted overrides (`optim.lr=0.2`), JSON/TOML files.
+"""Training configuration: one frozen `TrainConfig` per run, dotted overrides (`optim.lr=0.2`), JSON/TOML files.
 
-The resolved config is written to RUN_DIR/config.json and into every checkpoint, so a run directory
-says exactly what produced it.
+A TrainConfig has a `task` ("classification" or "segmentation") and five sections. `optim`,
+`schedule` and `run` are the same for every task; `model` and `data` are the task's own:
+
+    task            model                         data
+    classification  ClassificationModelConfig     ClassificationDataConfig
+    segmentation    SegmentationModelConfig       SegmentationDataConfig
+
+`TrainConfig.for_task(task)` gives a task's defaults. The resolved config (task included) is written
+to RUN_DIR/config.json and into every checkpoint, so a run directory says exactly what produced it and
+a resumed run continues with it.
+
+Every value is checked where it enters (`resolve`: types, ranges, finiteness, known names; `check`), and
+each error is a ConfigError naming the key, carrying where the value came from (`Origin`: a config file,
+an override string, a flag), so the CLI can say `--config FILE`, `--set KEY=VALUE` or the flag.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,33 +28,14 @@ from pathlib import Path
 
 import tomllib
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import did_you_mean
+from resnetkit.errors import ConfigError, MissingFileError, UserError
+
+# -- the sections every task shares ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ModelCfg:
-    arch: str = "resnet20"
-    kwargs: dict = field(default_factory=dict)  # extra create_model arguments; num_classes/in_chans come from data
-    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
-
-
-@dataclass(frozen=True)
-class DataCfg:
-    name: str = "fashion_mnist"
-    data_dir: str | None = None
-    batch_size: int = 128  # global: summed over processes and accumulation steps
-    eval_batch_size: int = 500
-    subset: int = 0  # train on the first N images only (0 = all)
-    pad: int | None = None  # pad-and-crop pixels; None = the dataset's default (4 for 32 px, 2 for 28 px)
-    flip: bool | None = None  # horizontal flip; None = the dataset's default (off for digits)
-    cutout: int = 0
-    image_size: int = 32  # image folders only
-    channels: int = 3  # image folders only
-    strict: bool = False  # image folders: fail on an unreadable image instead of skipping it
-
-
-@dataclass(frozen=True)
-class OptimCfg:
+class OptimConfig:
     lr: float = 0.1  # He et al. 2016 CIFAR: 0.1 at batch 128
     momentum: float = 0.9
     nesterov: bool = False
@@ -53,11 +47,12 @@ class OptimCfg:
 
 
 @dataclass(frozen=True)
-class ScheduleCfg:
+class ScheduleConfig:
     name: str = "cosine"  # step | cosine | onecycle
     epochs: float = 0.0  # length in epochs (used when steps == 0 and no budget)
     steps: int = 0  # length in optimizer steps; wins over epochs
     budget_min: float = 0.0  # fit the whole schedule into this wall-clock budget
+    max_steps: int = 0  # stop after this many steps while the learning rates follow the full schedule (0 = off)
     warmup_steps: int = 0
     warmup: str = "linear"  # linear: ramp from 0; constant: hold warmup_lr (He et al. use 0.01 for ResNet-110)
     warmup_lr: float = 0.01
@@ -67,7 +62,7 @@ class ScheduleCfg:
 
 
 @dataclass(frozen=True)
-class RunCfg:
+class RunConfig:
     out: str = "runs/train"
     seed: int = 0
     deterministic: bool = False
@@ -78,41 +73,214 @@ class RunCfg:
     log_every: int = 20  # steps between progress updates and non-finite checks
 
 
+# -- classification ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassificationModelConfig:
+    arch: str = "resnet20"
+    kwargs: dict = field(default_factory=dict)  # extra create_model arguments; num_classes/in_chans come from data
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
+
+
+@dataclass(frozen=True)
+class ClassificationDataConfig:
+    name: str = "fashion_mnist"  # as resnetkit.data.load_dataset takes it (fashion-mnist is the same set)
+    data_dir: str | None = None
+    batch_size: int = 128  # global: summed over processes and accumulation steps
+    eval_batch_size: int = 500
+    subset: int = 0  # train on the first N training images only (0 = all)
+    holdout: int = 0  # evaluate on the last N training images instead of the test split, train on the rest
+    eval_subset: int = 0  # evaluate on the first N images of the evaluation split only (0 = all)
+    pad: int | None = None  # pad-and-crop pixels; None = the dataset's default (4 for 32 px, 2 for 28 px)
+    flip: bool | None = None  # horizontal flip; None = the dataset's default (off for digits)
+    cutout: int = 0
+    image_size: int = 32  # image folders only
+    channels: int = 3  # image folders only
+    strict: bool = False  # image folders: fail on an unreadable image instead of skipping it
+
+
+# -- segmentation ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentationModelConfig:
+    backbone: str = "resnet18"
+    head: str = "slim"  # slim | aspp
+    output_stride: int = 16
+    backbone_weights: str | None = None  # a classification model.safetensors; its logits are dropped
+    freeze_bn: bool = False  # backbone BN in eval mode (frozen statistics) while training
+    sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
+    kwargs: dict = field(default_factory=dict)  # more create_model arguments (aspp_channels, ...)
+
+
+@dataclass(frozen=True)
+class SegmentationDataConfig:
+    path: str = ""  # VOC-layout or pairs-layout folder
+    train_split: str = "train"
+    val_split: str = "val"
+    batch_size: int = 8  # global: summed over processes and accumulation steps
+    eval_batch_size: int = 16
+    crop_size: int = 321  # slim's 32k+1 (321 at output stride 8 -> 41x41 features)
+    min_scale: float = 0.5  # DeepLab's random scale range for VOC
+    max_scale: float = 2.0
+    flip: bool = True
+    subset: int = 0  # train on the first N images only (0 = all)
+    eval_subset: int = 0  # evaluate on the first N images of the val split only (0 = all)
+
+
+# task -> (model section, data section, changed defaults of the shared sections)
+TASKS = {
+    "classification": (ClassificationModelConfig, ClassificationDataConfig, {}),
+    # DeepLab: 0.007 at batch 16
+    "segmentation": (SegmentationModelConfig, SegmentationDataConfig,
+                     {"optim": {"lr": 0.01}, "run": {"out": "runs/segment"}}),
+}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    model: ModelCfg = field(default_factory=ModelCfg)
-    data: DataCfg = field(default_factory=DataCfg)
-    optim: OptimCfg = field(default_factory=OptimCfg)
-    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
-    run: RunCfg = field(default_factory=RunCfg)
+    task: str = "classification"
+    model: ClassificationModelConfig | SegmentationModelConfig = field(default_factory=ClassificationModelConfig)
+    data: ClassificationDataConfig | SegmentationDataConfig = field(default_factory=ClassificationDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self):
+        if not _is_task(self.task):
+            raise config_error(f"task={_short(self.task)}: choose {' or '.join(TASKS)}", ("task",))
+        model_cls, data_cls, _ = TASKS[self.task]
+        if type(self.model) is not model_cls or type(self.data) is not data_cls:
+            raise ConfigError(f"task={self.task!r} needs model: {model_cls.__name__} and data: {data_cls.__name__}, "
+                              f"got {type(self.model).__name__} and {type(self.data).__name__}")
+
+    @classmethod
+    def for_task(cls, task: str = "classification") -> TrainConfig:
+        """The defaults of `task`."""
+        if not _is_task(task):
+            raise config_error(f"task={_short(task)}: choose {' or '.join(TASKS)}", ("task",))
+        model_cls, data_cls, changes = TASKS[task]
+        return apply_nested(cls(task=task, model=model_cls(), data=data_cls()), changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        return apply_nested(cls(), d)
+        """The inverse of to_dict (a missing "task" means classification); every key is checked."""
+        if not isinstance(d, dict):
+            raise config_error(f"expected a table of sections, got {_short(d)}")
+        return apply_nested(cls.for_task(d.get("task", "classification")), d)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+SECTIONS = ("model", "data", "optim", "schedule", "run")
+
+# What a resumed run may change: where its files and its dataset are, how it uses the machine, and where it
+# stops (schedule.max_steps stops early while the learning rates follow the whole schedule, so moving it
+# changes no step). Any other change would make the continued run differ from the one its checkpoint began
+# (learning rates, data order, numerics), so it is refused by name.
+RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "schedule.max_steps")
+
+# Upper bounds that only stop a typo from asking for years of training or terabytes of memory.
+MAX_STEPS = 10**9
+MAX_EPOCHS = 10**6
+MAX_PIXELS = 4096  # image_size, crop_size
+MAX_BATCH = 2**31 - 1
+
+
+def _is_task(task) -> bool:
+    return isinstance(task, str) and task in TASKS
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr(value), cut short: a hostile file's nested garbage must not fill the one error line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# -- where values come from ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a config value came from: a config `file` (text: its path), an `override` string (text: as
+    written, "optim.lr=0.2"), or a `flag`, a dotted key given to `resolve(flags=...)` (text: the key)."""
+
+    kind: str
+    text: str
+
+    def label(self) -> str:
+        """How the library names it in a message; flags need no label (the message names the key)."""
+        return {"file": f"config file {self.short()}", "override": f"override {self.short()!r}"}.get(self.kind, "")
+
+    def short(self, limit: int = 80) -> str:
+        """The text, cut short: an override of 10,000 brackets must not fill the one error line."""
+        return self.text if len(self.text) <= limit else self.text[:limit - 3] + "..."
+
+
+def config_error(detail: str, keys=(), origins=(), cls: type[UserError] = ConfigError) -> UserError:
+    """A ConfigError (or `cls`) saying `detail`, prefixed with where the values came from.
+
+    It carries `.detail` (the message without the origin), `.keys` (the dotted keys it is about) and
+    `.origins` (Origin of each offending value that was set, not defaulted), so a caller such as the CLI
+    can name the origin in its own words: `--config FILE`, `--set optim.lr=...`, `--lr`."""
+    origins = tuple(dict.fromkeys(o for o in origins if o is not None))
+    labels = [o.label() for o in origins if o.label()]
+    e = cls(f"{', '.join(labels)}: {detail}" if labels else detail)
+    e.detail, e.keys, e.origins = detail, tuple(keys), origins
+    return e
+
+
+def _relocated(e: UserError, origins) -> UserError:
+    """The same error with `origins` attached (and named in its message)."""
+    return config_error(getattr(e, "detail", str(e)), getattr(e, "keys", ()), origins, type(e))
+
+
+# -- reading values --------------------------------------------------------------------------------
+
+_TYPE_NAMES = {bool: "boolean (true or false)", int: "whole number", float: "number", str: "string",
+               dict: "table of key = value"}
+
+
+def _type_name(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if tp is tuple or typing.get_origin(tp) is tuple:
+        return "list of numbers"
+    return _TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _finite(value) -> bool:
+    """A finite number; an int too large for a float (10**400 from a JSON file) is not one."""
+    return _number(value) and (abs(value) < 2**1023 if isinstance(value, int) else math.isfinite(value))
 
 
 def _coerce(value, tp, key: str):
-    """Convert a parsed value to the field's annotated type (str annotations are resolved by the caller)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+    """Convert a parsed value to the field's annotated type, or raise a ConfigError naming the key.
+
+    Strict: a list is not a string, a boolean is not a number, 1.5 is not a whole number."""
+    origin_tp = typing.get_origin(tp)
+    if origin_tp in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
         for a in args:
             if a is not type(None):
-                return _coerce(value, a, key)
-    if tp is bool:
+                try:
+                    return _coerce(value, a, key)
+                except ConfigError:
+                    break
+    elif tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        if isinstance(value, int) and value in (0, 1):
+        if _number(value) and value in (0, 1):
             return bool(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -120,19 +288,21 @@ def _coerce(value, tp, key: str):
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if _finite(value) or (isinstance(value, float) and not math.isfinite(value)):  # nan, inf: checked later
             return float(value)
     elif tp is str:
-        return str(value)
-    elif origin is tuple or tp is tuple:
-        if isinstance(value, list | tuple):
-            return tuple(float(v) for v in value)
-        if isinstance(value, int | float):
-            return (float(value),)
-    elif tp is dict or origin is dict:
+        if isinstance(value, str):
+            return value
+        if _number(value):  # --set run.out=2024 parses as a number
+            return str(value)
+    elif origin_tp is tuple or tp is tuple:
+        items = value if isinstance(value, list | tuple) else [value]
+        if all(_finite(v) or (isinstance(v, float) and not math.isfinite(v)) for v in items):
+            return tuple(float(v) for v in items)
+    elif tp is dict or origin_tp is dict:
         if isinstance(value, dict):
             return value
-    raise UserError(f"--set {key}: {value!r} is not a valid {getattr(tp, '__name__', tp)}")
+    raise config_error(f"{key}={_short(value)} is not a valid {_type_name(tp)}", (key,))
 
 
 def _field_types(section_cls) -> dict:
@@ -140,21 +310,41 @@ def _field_types(section_cls) -> dict:
     return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
 
 
-def apply_nested(cfg: TrainConfig, d: dict, origin: str = "config") -> TrainConfig:
-    """Return cfg with the values of a nested dict {"optim": {"lr": 0.2}} replaced, checking every key."""
+def _all_keys(cfg: TrainConfig) -> list[str]:
+    return [f"{s}.{k}" for s in SECTIONS for k in _field_types(type(getattr(cfg, s)))]
+
+
+def apply_nested(cfg: TrainConfig, d: dict, origins=()) -> TrainConfig:
+    """Return cfg with the values of a nested dict {"optim": {"lr": 0.2}} replaced, checking every key
+    and type (ConfigError naming the key, with a close match for a misspelt one).
+
+    A "task" key must name cfg's own task (start from `TrainConfig.for_task` to change it)."""
+    if not isinstance(d, dict):
+        raise config_error(f"expected a table of sections, got {_short(d)}", (), origins)
     updates = {}
     for section, values in d.items():
+        if section == "task":
+            if values != cfg.task:
+                raise config_error(f"task={_short(values)}, but the config it applies to is for task={cfg.task!r}",
+                                   ("task",), origins)
+            continue
         if section not in SECTIONS:
-            raise UserError(f"{origin}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+            hint = did_you_mean(str(section), SECTIONS, f"sections are task, {', '.join(SECTIONS)}")
+            raise config_error(f"unknown section {_short(section)}; {hint}", (), origins)
         if not isinstance(values, dict):
-            raise UserError(f"{origin}: section {section!r} must be a table of key = value")
+            raise config_error(f"section {section!r} must be a table of key = value, got {_short(values)}", (),
+                               origins)
         sec = getattr(cfg, section)
         types_ = _field_types(type(sec))
         changes = {}
         for k, v in values.items():
             if k not in types_:
-                raise UserError(f"{origin}: unknown key {section}.{k}; {section} has {', '.join(types_)}")
-            changes[k] = _coerce(v, types_[k], f"{section}.{k}")
+                hint = did_you_mean(f"{section}.{k}", _all_keys(cfg), f"{section} has {', '.join(types_)}")
+                raise config_error(f"unknown key {section}.{k} for task {cfg.task}; {hint}", (), origins)
+            try:
+                changes[k] = _coerce(v, types_[k], f"{section}.{k}")
+            except ConfigError as e:
+                raise _relocated(e, origins) from None
         updates[section] = dataclasses.replace(sec, **changes)
     return dataclasses.replace(cfg, **updates)
 
@@ -164,59 +354,228 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) != 2 or not all(parts):
-        raise UserError(f"--set {text!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=0.2")
+        raise config_error("expected SECTION.KEY=VALUE, e.g. optim.lr=0.2", (), (Origin("override", text),))
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         value = raw if raw.lower() not in ("none", "null") else None
     return {parts[0]: {parts[1]: value}}
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_config_file(path: str) -> dict:
-    """A JSON or TOML file holding a nested dict of sections."""
-    p = Path(path)
+    """A JSON or TOML (by its .toml suffix) file holding a nested dict of sections (and optionally `task`)."""
+    p, where = Path(path), (Origin("file", str(path)),)
+    if not p.exists():
+        raise config_error("no such file", (), where, MissingFileError)
     if not p.is_file():
-        raise UserError(f"--config {path}: no such file")
+        raise config_error("not a file", (), where)
     try:
-        if p.suffix == ".toml":
-            return tomllib.loads(p.read_text())
-        return json.loads(p.read_text())
-    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
-        raise UserError(f"--config {path}: cannot parse ({e})") from e
+        size = p.stat().st_size
+    except OSError as e:
+        raise config_error(f"cannot read it ({e.strerror or e})", (), where) from None
+    if size > MAX_CONFIG_BYTES:
+        raise config_error(f"{size} bytes; a config file is a small text file (at most {MAX_CONFIG_BYTES} bytes)",
+                           (), where)
+    try:
+        text = p.read_bytes().decode("utf-8")
+        d = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except UnicodeDecodeError as e:
+        raise config_error(f"not UTF-8 text ({e.reason} at byte {e.start})", (), where) from None
+    except OSError as e:
+        raise config_error(f"cannot read it ({e.strerror or e})", (), where) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, TOMLDecodeError; RecursionError: [[[[...
+        kind = "TOML" if p.suffix == ".toml" else "JSON (or TOML, with a .toml suffix)"
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise config_error(f"cannot parse it as {kind} ({first})", (), where) from None
+    if not isinstance(d, dict):
+        raise config_error(f"expected a table of sections, got {_short(d)}", (), where)
+    if "task" in d and not _is_task(d["task"]):
+        raise config_error(f"task={_short(d['task'])}: choose {' or '.join(TASKS)}", ("task",), where)
+    return d
 
 
 def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | None = None, *,
-            base=None, check_fn=None):
-    """Defaults <- config file <- command-line flags <- --set overrides (later wins).
+            task: str | None = None, base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults <- config file <- `flags` {"optim.lr": 0.2} <- overrides ["optim.lr=0.2"] (later wins).
 
-    `base` is the config of defaults (a TrainConfig unless another task's config is given) and
-    `check_fn` its value checks (`check` by default)."""
-    cfg = TrainConfig() if base is None else base
+    The task is `task`, else the file's "task", else classification; the result is checked (`check`).
+    `base`: start from this config instead of the defaults: a run's saved config when resuming it, where
+    only the RESUMABLE keys may change (repeating a saved value is fine). Errors are ConfigErrors that
+    name the key and carry where its value came from (see `config_error`)."""
+    return resolve_with_origins(file, overrides, flags, task=task, base=base)[0]
+
+
+def resolve_with_origins(file: str | None = None, overrides: list[str] = (), flags: dict | None = None, *,
+                         task: str | None = None, base: TrainConfig | None = None
+                         ) -> tuple[TrainConfig, dict[str, Origin]]:
+    """`resolve`, also returning {dotted key: Origin} for every key that was set."""
+    origins: dict[str, Origin] = {}
+    loaded = load_config_file(file) if file else {}
+    where = Origin("file", str(file)) if file else None
+    if base is not None:
+        cfg = base
+    else:
+        try:
+            cfg = TrainConfig.for_task(task or loaded.get("task") or "classification")
+        except ConfigError as e:
+            raise _relocated(e, () if task else (where,)) from None
+
+    def apply(d: dict, origin: Origin) -> TrainConfig:
+        new = apply_nested(cfg, d, (origin,))
+        origins.update({f"{s}.{k}": origin for s, kv in d.items() if s in SECTIONS for k in kv})
+        return new
+
     if file:
-        cfg = apply_nested(cfg, load_config_file(file), origin=f"--config {file}")
+        cfg = apply(loaded, where)
     for dotted, value in (flags or {}).items():
         if value is not None:
-            section, key = dotted.split(".")
-            cfg = apply_nested(cfg, {section: {key: value}}, origin="flag")
+            section, _, key = dotted.partition(".")
+            cfg = apply({section: {key: value}}, Origin("flag", dotted))
     for text in overrides:
-        cfg = apply_nested(cfg, parse_override(text), origin="--set")
-    (check_fn or check)(cfg)
-    return cfg
+        cfg = apply(parse_override(text), Origin("override", text))
+    try:
+        check(cfg)
+        if base is not None:
+            check_resume(base, cfg)
+    except ConfigError as e:
+        raise _relocated(e, [origins.get(k) for k in getattr(e, "keys", ())]) from None
+    return cfg, origins
+
+
+# -- value checks ----------------------------------------------------------------------------------
+
+
+def _value(cfg: TrainConfig, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _require(ok: bool, message: str, *keys: str) -> None:
+    if not ok:
+        raise config_error(message, keys)
+
+
+def _in_range(cfg: TrainConfig, key: str, lo=None, hi=None, *, lo_open: bool = False, hi_open: bool = False,
+              whole: bool = False) -> None:
+    """`key` is a finite number (a whole one if `whole`) within [lo, hi] (open ends where asked)."""
+    v = _value(cfg, key)
+    parts = [f"> {lo}" if lo_open else f">= {lo}"] if lo is not None else []
+    parts += [f"< {hi}" if hi_open else f"<= {hi}"] if hi is not None else []
+    want = f"must be a finite {'whole ' if whole else ''}number" + (f" {' and '.join(parts)}" if parts else "")
+    ok = _finite(v) and (not whole or float(v).is_integer())
+    ok = ok and (lo is None or (v > lo if lo_open else v >= lo)) and (hi is None or (v < hi if hi_open else v <= hi))
+    _require(ok, f"{key}={_short(v)}: {want}", key)
+
+
+def _choice(cfg: TrainConfig, key: str, options: tuple) -> None:
+    v = _value(cfg, key)
+    _require(v in options, f"{key}={_short(v)}: choose {', '.join(map(str, options[:-1]))} or {options[-1]}", key)
+
+
+def _plain_name(cfg: TrainConfig, key: str, what: str) -> None:
+    v = _value(cfg, key)
+    _require(isinstance(v, str) and bool(v.strip()) and "\0" not in v, f"{key}={_short(v)}: give {what}", key)
+
+
+def _plain(value, depth: int = 0) -> bool:
+    """JSON's own values (finite numbers), nested at most 8 deep: what config.json and a checkpoint can hold."""
+    if depth > 8:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v, depth + 1) for v in value)
+    return value is None or isinstance(value, str | bool) or _finite(value)
 
 
 def check(cfg: TrainConfig) -> None:
-    """Value checks that a type cannot express."""
-    s, o = cfg.schedule, cfg.optim
-    if s.name not in ("step", "cosine", "onecycle"):
-        raise UserError(f"schedule.name={s.name!r}; choose step, cosine or onecycle")
-    if s.warmup not in ("linear", "constant"):
-        raise UserError(f"schedule.warmup={s.warmup!r}; choose linear or constant")
-    if cfg.run.amp not in ("none", "bf16"):
-        raise UserError(f"--amp {cfg.run.amp}: choose none or bf16")
-    if s.epochs <= 0 and s.steps <= 0 and s.budget_min <= 0:
-        raise UserError("say how long to train: --epochs N, --budget-min M, or --set schedule.steps=N")
-    if cfg.data.batch_size <= 0 or o.grad_accum <= 0 or cfg.data.batch_size % o.grad_accum:
-        raise UserError(f"batch size {cfg.data.batch_size} must be a positive multiple of optim.grad_accum "
-                        f"({o.grad_accum})")
-    if o.lr <= 0 or not 0 <= o.momentum < 1 or not 0 <= o.label_smoothing < 1 or not 0 <= o.ema_decay < 1:
-        raise UserError("need lr > 0, 0 <= momentum < 1, 0 <= label_smoothing < 1, 0 <= ema_decay < 1")
+    """Value checks that a type cannot express; each error is a ConfigError naming the key (`.keys`)."""
+    s, o, d = cfg.schedule, cfg.optim, cfg.data
+    _require(_plain(cfg.model.kwargs), f"model.kwargs={_short(cfg.model.kwargs)}: give a table of plain values "
+             "(finite numbers, strings, booleans, lists)", "model.kwargs")
+    # optim
+    _in_range(cfg, "optim.lr", 0, lo_open=True)
+    _in_range(cfg, "optim.momentum", 0, 1, hi_open=True)
+    _require(not o.nesterov or o.momentum > 0, f"optim.nesterov needs momentum; optim.momentum={o.momentum}",
+             "optim.nesterov", "optim.momentum")
+    _in_range(cfg, "optim.weight_decay", 0)
+    _in_range(cfg, "optim.label_smoothing", 0, 1, hi_open=True)
+    _in_range(cfg, "optim.ema_decay", 0, 1, hi_open=True)
+    _in_range(cfg, "optim.grad_accum", 1, MAX_BATCH)
+    # schedule
+    _choice(cfg, "schedule.name", ("step", "cosine", "onecycle"))
+    _choice(cfg, "schedule.warmup", ("linear", "constant"))
+    _in_range(cfg, "schedule.epochs", 0, MAX_EPOCHS)
+    for key in ("schedule.steps", "schedule.max_steps", "schedule.warmup_steps"):
+        _in_range(cfg, key, 0, MAX_STEPS)
+    _in_range(cfg, "schedule.budget_min", 0, 60 * 24 * 366)
+    _require(s.epochs > 0 or s.steps > 0 or s.budget_min > 0,
+             "say how long to train: set schedule.epochs, schedule.steps or schedule.budget_min",
+             "schedule.epochs", "schedule.steps", "schedule.budget_min")
+    _in_range(cfg, "schedule.warmup_lr", 0)
+    _in_range(cfg, "schedule.gamma", 0, 1, lo_open=True)
+    _in_range(cfg, "schedule.final_lr_frac", 0, 1)
+    m = s.milestones
+    _require(0 < len(m) <= 100 and all(math.isfinite(x) and x > 0 and (x <= 1 or x.is_integer()) for x in m),
+             f"schedule.milestones={_short(list(m))}: give 1 to 100 fractions of the run (0 < f <= 1) or step "
+             "numbers (whole numbers > 1)", "schedule.milestones")
+    # run
+    _plain_name(cfg, "run.out", "a folder for the run")
+    _in_range(cfg, "run.seed", 0, 2**63, hi_open=True, whole=True)
+    _choice(cfg, "run.amp", ("none", "bf16"))
+    _in_range(cfg, "run.threads", 0, 1024, whole=True)
+    _in_range(cfg, "run.log_every", 1, MAX_STEPS, whole=True)
+    # data, shared
+    _in_range(cfg, "data.batch_size", 1, MAX_BATCH, whole=True)
+    _require(d.batch_size % o.grad_accum == 0,
+             f"data.batch_size={d.batch_size} must be a positive multiple of optim.grad_accum={o.grad_accum}",
+             "data.batch_size", "optim.grad_accum")
+    _in_range(cfg, "data.eval_batch_size", 1, MAX_BATCH, whole=True)
+    for key in ("data.subset", "data.eval_subset"):
+        _in_range(cfg, key, 0, MAX_BATCH, whole=True)
+    if cfg.task == "classification":
+        _plain_name(cfg, "model.arch", "a registered model name, e.g. resnet20")
+        _plain_name(cfg, "data.name", "a dataset, e.g. fashion_mnist or folder:PATH")
+        _require(d.data_dir is None or (d.data_dir.strip() != "" and "\0" not in d.data_dir),
+                 f"data.data_dir={_short(d.data_dir)}: give a folder, or null for the default", "data.data_dir")
+        _in_range(cfg, "data.holdout", 0, MAX_BATCH, whole=True)
+        _in_range(cfg, "data.cutout", 0, 256, whole=True)
+        if d.pad is not None:
+            _in_range(cfg, "data.pad", 0, 256, whole=True)
+        _in_range(cfg, "data.image_size", 8, MAX_PIXELS, whole=True)
+        _choice(cfg, "data.channels", (1, 3))
+    else:
+        _plain_name(cfg, "model.backbone", "a registered backbone name, e.g. resnet18")
+        _choice(cfg, "model.head", ("slim", "aspp"))
+        _choice(cfg, "model.output_stride", (4, 8, 16, 32))
+        _require(bool(d.path), "data.path is required: a VOC-layout folder (see resnetkit.data.shapes.make_shapes)",
+                 "data.path")
+        _plain_name(cfg, "data.path", "a VOC-layout or pairs-layout folder")
+        for key in ("data.train_split", "data.val_split"):
+            v = _value(cfg, key)
+            _require(bool(v) and v not in (".", "..") and not any(c in v for c in "/\\\0"),
+                     f"{key}={_short(v)}: give a split's name (ImageSets/Segmentation/NAME.txt), not a path", key)
+        _in_range(cfg, "data.crop_size", 8, MAX_PIXELS, whole=True)
+        _in_range(cfg, "data.min_scale", 0, 8, lo_open=True)
+        _in_range(cfg, "data.max_scale", 0, 8, lo_open=True)
+        _require(d.min_scale <= d.max_scale,
+                 f"data.min_scale={d.min_scale}, data.max_scale={d.max_scale}: need min_scale <= max_scale",
+                 "data.min_scale", "data.max_scale")
+
+
+def _flat(cfg: TrainConfig) -> dict:
+    return {f"{s}.{k}": getattr(getattr(cfg, s), k) for s in SECTIONS for k in _field_types(type(getattr(cfg, s)))}
+
+
+def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
+    """Refuse `cfg` for resuming the run whose config is `saved` if it changes anything but RESUMABLE keys."""
+    if cfg.task != saved.task:
+        raise config_error(f"task={cfg.task!r} cannot change on resume: the run is a {saved.task} run", ("task",))
+    old, new = _flat(saved), _flat(cfg)
+    for key in old:
+        if old[key] != new[key] and key not in RESUMABLE:
+            raise config_error(f"{key} cannot change on resume: the run continues with its saved config ({key}="
+                               f"{_short(old[key])}); only {', '.join(RESUMABLE)} can", (key,))

@@ -1,15 +1,31 @@
-"""Evaluation over an in-memory split: loss, top-1 / top-5 and the confusion matrix, sharded over ranks."""
+"""Evaluation: classification (loss, top-1 / top-5, confusion matrix; sharded over DDP ranks) and
+segmentation (confusion matrix, IoU, mIoU, pixel accuracy at full resolution), for a model or any
+inference backend; `evaluate_file` does what `resnetkit eval` does, for Python callers.
+
+>>> from resnetkit.train import evaluate_file
+>>> result = evaluate_file("runs/demo/model.safetensors", "fashion-mnist", backend="onnxruntime")
+>>> result["top1"], result["per_class_accuracy"]
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from resnetkit.data import ImageSet, normalize
+from resnetkit.data import ImageSet, load_dataset, normalize
+from resnetkit.data.segmentation import IGNORE, SegSet, load_split, normalize_one
+from resnetkit.errors import ConfigError, DataError
+from resnetkit.export.backends import make_backend
+from resnetkit.export.segment import predict_logits
+from resnetkit.export.tta import with_tta
 from resnetkit.train import distributed
 from resnetkit.train.distributed import Dist
+from resnetkit.train.metrics import confusion_matrix, scores
+from resnetkit.weights import load
 
 
 def autocast(device: torch.device, amp: str):
@@ -19,13 +35,20 @@ def autocast(device: torch.device, amp: str):
     return nullcontext()
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 500, amp: str = "none",
              channels_last: bool = False, d: Dist = Dist()) -> dict:
-    """Returns {"loss", "top1", "top5", "n", "confusion" (K, K) int64 tensor: rows true, cols predicted}.
+    """Classification: {"loss", "top1", "top5", "n", "confusion" (K, K) int64: rows true, columns predicted}.
 
-    Each rank evaluates a contiguous slice of the split; the sums are all-reduced.
+    `model` is a model or a backend (resnetkit.export.make_backend). Each DDP rank evaluates a
+    contiguous slice of the split; the sums are all-reduced.
     """
+    _check_batch_size(batch_size)
     model.eval()
     device = next(model.parameters()).device
     k = data.num_classes
@@ -51,5 +74,83 @@ def evaluate(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 500, a
         distributed.all_reduce_sum(t, d)
     confusion = confusion.view(k, k).cpu()
     correct = int(confusion.diag().sum())
-    return {"n": n, "loss": float(loss_sum) / n, "top1": correct / n, "top5": int(top5) / n,
+    return {"n": n, "loss": float(loss_sum) / max(1, n), "top1": correct / max(1, n), "top5": int(top5) / max(1, n),
             "confusion": confusion}
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: torch.nn.Module, data: SegSet, mean, std, *, batch_size: int = 16,
+                          amp: str = "none", channels_last: bool = False, d: Dist = Dist()) -> dict:
+    """Segmentation at full resolution: {"miou", "pixel_acc", "iou", "confusion", "n"}.
+
+    Images of one size are batched; otherwise each runs alone (no resizing: the model is fully
+    convolutional). Under DDP each rank takes a contiguous slice and the confusion matrices are summed.
+    """
+    _check_batch_size(batch_size)
+    model.eval()
+    device = next(model.parameters()).device
+    k = data.num_classes
+    mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+    cm = torch.zeros(k, k, dtype=torch.int64, device=device)
+    n = len(data)
+    lo, hi = n * d.rank // d.world, n * (d.rank + 1) // d.world
+    step = batch_size if data.same_size() else 1
+    for i in range(lo, hi, step):
+        j = min(i + step, hi)
+        x = torch.stack([normalize_one(im, mean_t, std_t) for im in data.images[i:j]]).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = predict_logits(model, x)
+        cm += confusion_matrix(logits.float().argmax(1), torch.stack(data.masks[i:j]).to(device), k)
+    distributed.all_reduce_sum(cm, d)
+    cm = cm.cpu()
+    return {**scores(cm), "confusion": cm, "n": n}
+
+
+def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None = None, split: str = "val",
+                  backend: str = "eager", batch_size: int = 500, allow_nonfinite: bool = False,
+                  tta: str | None = None) -> dict:
+    """Evaluate a weights file on a dataset, as `resnetkit eval` does, and return the result.
+
+    Classification files: `data` is a dataset spec (its test split is used, resized to the card's input
+    size and normalised with the card's mean/std); the result has n, top1, top5, loss,
+    per_class_accuracy, confusion_matrix, class_names. Segmentation files: `data` is a VOC-layout or
+    pairs folder and `split` its split; the result has n, miou, pixel_acc, iou (per class),
+    confusion_matrix, class_names. `backend` is any of resnetkit.export.BACKENDS; `tta` None, 'flip' or
+    (segmentation) 'multiscale' (resnetkit.export.tta).
+    """
+    _check_batch_size(batch_size)
+    device = "cuda" if torch.cuda.is_available() and backend in ("eager", "channels_last", "compile") else "cpu"
+    model = load(weights, map_location=device, allow_nonfinite=allow_nonfinite)
+    card, pre = model.card, model.card.preprocessing
+    if card.task == "segmentation":
+        if pre is None:
+            raise ConfigError(f"{weights}: its card has no preprocessing (mean/std); save it with one")
+        test = load_split(data, split)
+        names = list(card.class_names or test.class_names)
+        if model.num_classes != test.num_classes or len(names) != test.num_classes:
+            raise ConfigError(f"{weights} predicts {model.num_classes} classes but {data} has {test.num_classes} "
+                              f"({', '.join(test.class_names)})")
+        run = with_tta(make_backend(backend, model), tta, segmentation=True)
+        ev = evaluate_segmentation(run, test, pre.mean, pre.std, batch_size=min(batch_size, 64))
+        if int(ev["confusion"].sum()) == 0:
+            raise DataError(f"{data} {split}: no labelled pixels (every mask pixel is the ignore label "
+                            f"{IGNORE}); mIoU is undefined")
+        return {"weights": str(weights), "data": str(data), "split": test.info.get("split", split), "n": ev["n"],
+                "miou": ev["miou"], "pixel_acc": ev["pixel_acc"], "iou": dict(zip(names, ev["iou"])),
+                "confusion_matrix": ev["confusion"].tolist(), "class_names": names}
+    c, h, w = (pre.channels, *pre.size) if pre is not None and pre.size else (model.in_chans, 32, 32)
+    _, test = load_dataset(data, data_dir, image_size=h, channels=c)
+    names = list(card.class_names or test.class_names)
+    if len(names) != test.num_classes:
+        raise ConfigError(f"{weights} predicts {len(names)} classes but {data} has {test.num_classes}")
+    if pre is not None:  # normalise as the model was trained, not with the dataset's own statistics
+        test = dataclasses.replace(test, mean=pre.mean, std=pre.std)
+    run = with_tta(make_backend(backend, model, example=torch.randn(2, test.in_chans, *test.size)), tta)
+    ev = evaluate(run, test, batch_size=batch_size)
+    cm = ev["confusion"].numpy()
+    per_class = {n: float(cm[i, i] / max(1, cm[i].sum())) for i, n in enumerate(names)}
+    return {"weights": str(weights), "data": str(data), "n": ev["n"], "top1": ev["top1"], "top5": ev["top5"],
+            "loss": ev["loss"], "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
+            "class_names": names}

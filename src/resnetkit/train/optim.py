@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from resnetkit.train.config import OptimCfg
+from resnetkit.train.config import OptimConfig
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
@@ -23,7 +23,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bia
             {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: torch.nn.Module, o: OptimCfg) -> torch.optim.SGD:
+def build_optimizer(model: torch.nn.Module, o: OptimConfig) -> torch.optim.SGD:
     groups = param_groups(model, o.weight_decay, o.wd_norm_and_bias)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
 

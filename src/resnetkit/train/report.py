@@ -2,82 +2,134 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import math
 import os
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # the object API: no pyplot state, no global backend to set
+
+from resnetkit._helpers import atomic_write, atomic_write_text
+from resnetkit.errors import DataError
+
+log = logging.getLogger("resnetkit.train")
 
 
-def append_metrics(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
+def append_metrics(path: Path, row: dict) -> int:
+    """Append `row` to a JSONL file as one line, in one write on an O_APPEND descriptor, so a reader (or a
+    crash) sees whole lines, at worst a torn last one (which `read_metrics` drops). A failed or short write
+    is cut back off. Returns the file's size before, so the caller can undo the append (os.truncate)."""
+    line = (json.dumps(row) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        before = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):  # a full disk can take part of a line
+                raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (wrote {written} of {len(line)} bytes)",
+                              str(path))
+        except BaseException:
+            try:
+                os.ftruncate(fd, before)
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
+    return before
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics JSONL file. A torn last line (a write cut short by a crash: no newline at the
+    end, not a whole row) is dropped with a warning; any other line that is not a row with an integer
+    "epoch" is a DataError naming the line."""
+    path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    *lines, torn = path.read_bytes().split(b"\n")
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            rows.append(_row(line, path, i))
+    if torn.strip():
+        try:
+            rows.append(_row(torn, path, len(lines) + 1))
+        except DataError:
+            log.warning("%s: dropped its torn last line (%d bytes without a newline: a write cut short)", path,
+                        len(torn))
+    return rows
+
+
+def _row(line: bytes, path: Path, lineno: int) -> dict:
+    try:
+        row = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"{path}: line {lineno} is not a metrics row ({' '.join(str(e).split())[:100]}); remove or "
+                        "fix that line") from None
+    if not isinstance(row, dict) or type(row.get("epoch")) is not int:
+        raise DataError(f"{path}: line {lineno} is not a metrics row (a JSON object with an integer epoch); remove "
+                        "or fix that line")
+    return row
 
 
 def truncate_metrics(path: Path, last_epoch: int) -> None:
-    """On resume: keep only the rows of epochs the checkpoint already contains."""
-    rows = [r for r in read_metrics(path) if r["epoch"] <= last_epoch]
-    _atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    """On resume: keep only the rows of epochs the checkpoint already contains (and drop a torn last
+    line); the file is rewritten atomically, and only if that changes it."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    text = "".join(json.dumps(r) + "\n" for r in read_metrics(path) if r["epoch"] <= last_epoch)
+    if text.encode() != path.read_bytes():
+        atomic_write_text(path, text)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _save_fig(fig, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     """Save via a temp file and rename, so a viewer never sees half a PNG."""
-    import matplotlib.pyplot as plt
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Train / test loss and error against epoch, two panels."""
-    import matplotlib
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a learning-curve figure: metrics-row keys drawn against epoch."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    title: str
+    ylabel: str
+    lines: tuple[tuple[str, str], ...]  # (legend label, metrics key)
+    scale: float = 1.0  # 100 for a fraction shown in percent
 
-    ep = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    a.plot(ep, [r["test_loss"] for r in rows], "o-", label="test")
-    a.set(xlabel="epoch", ylabel="loss", title="loss")
-    b.plot(ep, [100 * r["train_err"] for r in rows], "o-", label="train")
-    b.plot(ep, [100 * r["test_err"] for r in rows], "o-", label="test")
-    b.set(xlabel="epoch", ylabel="error (%)", title="top-1 error")
-    for ax in (a, b):
+
+def plot_curves(rows: list[dict], path: Path, panels: tuple[Panel, ...]) -> None:
+    """One panel per entry of `panels`, side by side, against epoch (NaN values leave gaps)."""
+    ep = [r.get("epoch") for r in rows]
+    fig = Figure(figsize=(5 * len(panels), 4))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for label, key in panel.lines:
+            ax.plot(ep, [panel.scale * _float(r.get(key)) for r in rows], "o-", label=label)
+        ax.set(xlabel="epoch", ylabel=panel.ylabel, title=panel.title)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)
+
+
+def _float(value) -> float:
+    """A metrics value as a float; a missing or non-numeric one leaves a gap (NaN)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path) -> None:
     """Row-normalised confusion matrix (rows: true class, columns: predicted) with counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = len(class_names)
     frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     side = min(4 + 0.5 * k, 30)
-    fig, ax = plt.subplots(figsize=(side, side))
+    fig = Figure(figsize=(side, side))
+    ax = fig.subplots()
     ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
     ticks = range(k)
     ax.set_xticks(ticks, class_names, rotation=90 if k > 10 else 45, ha="right")
@@ -89,4 +141,4 @@ def plot_confusion(cm: np.ndarray, class_names: list[str], path: Path) -> None:
                 ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if frac[i, j] > 0.5 else "black")
     fig.tight_layout()
-    _save_fig(fig, path)
+    save_figure(fig, path)

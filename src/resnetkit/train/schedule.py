@@ -8,10 +8,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from resnetkit.train.config import ScheduleCfg
+from resnetkit.train.config import ScheduleConfig
 
 
-def lr_at(step: int, total: int, base_lr: float, s: ScheduleCfg) -> float:
+def lr_at(step: int, total: int, base_lr: float, s: ScheduleConfig) -> float:
     """The learning rate for optimizer step `step` (0-based) of a run of `total` steps."""
     if s.name == "onecycle":
         return _onecycle(step, total, base_lr)

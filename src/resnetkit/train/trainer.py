@@ -1,101 +1,109 @@
-"""The training loop: build(config) -> Trainer.fit().
+"""The one training loop: train(config) -> Trainer(config).fit(), for every task.
 
-One precision path (autocast on or off), one DDP wrapping place (distributed.wrap), and an unwrapped
-`self.model` for saving, EMA and evaluation. The checkpoint holds everything needed to continue the
-run bit for bit: model, optimizer, EMA, step, data position, schedule length and every RNG; the data
-order itself is a function of (seed, epoch), see resnetkit.data.loader.
+A task adapter (resnetkit.train.task.Task: ClassificationTask, SegmentationTask) supplies the data, the
+model, batches, the loss and the metrics; the Trainer owns the rest. One precision path (autocast on or
+off), one DDP wrapping place (distributed.wrap), and an unwrapped `self.model` for saving, EMA and
+evaluation. The checkpoint holds everything needed to continue the run bit for bit: model, optimizer,
+EMA, step, data position, this epoch's sums, schedule length, the task's own state and every RNG; the
+data order itself is a function of (seed, epoch), see resnetkit.data.loader.
+
+Experiments add to a run through hooks, objects with any of these methods (every rank calls them, so
+they may evaluate with `d=trainer.d`; only `trainer.d.main` should write files):
+    on_step(trainer)              after each optimizer step
+    on_epoch_end(trainer, row)    after each evaluation; returns the row to record (add keys to it)
+    on_fit_start(trainer)         once, after the run directory is ready (a resumed run: at its checkpoint)
+
+The run directory (resnetkit.train.rundir): a new run starts only in a missing or empty folder, which gets
+the marker file first. At the end of each epoch the metrics row, the curves, the weights (at the end of
+the run) and the checkpoint are written in that order, the checkpoint last: it is the commit. If any of
+them fails, the others are undone, so the folder is exactly as the last checkpoint left it; a new run that
+fails before its first checkpoint removes what it wrote. A disk error is one RunWriteError naming the file
+and what was kept.
 """
 
 from __future__ import annotations
 
-import json
+import errno
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from resnetkit.data import BatchAugment, ImageSet, load_dataset, normalize
+from resnetkit._helpers import atomic_write, atomic_write_json, load_state_dict_strict
 from resnetkit.data.loader import derived_generator, epoch_batches, shard, steps_per_epoch
-from resnetkit.errors import UserError
-from resnetkit.train import checkpoint, distributed, report
-from resnetkit.train.config import TrainConfig
-from resnetkit.train.evaluate import autocast, evaluate
+from resnetkit.errors import CheckpointError, UserError
+from resnetkit.train import checkpoint, distributed, report, rundir
+from resnetkit.train.classification import ClassificationTask
+from resnetkit.train.config import TrainConfig, check, check_resume, config_error
+from resnetkit.train.evaluate import autocast
 from resnetkit.train.optim import EMA, build_optimizer
 from resnetkit.train.schedule import BudgetPlanner, lr_at
-from resnetkit.weights.io import save_weights
+from resnetkit.train.segmentation import SegmentationTask
+from resnetkit.train.task import Task
+from resnetkit.weights import save_weights
 
 log = logging.getLogger("resnetkit.train")
 
 CHECKPOINT, WEIGHTS, METRICS, CURVES = "checkpoint.pt", "model.safetensors", "metrics.jsonl", "learning_curve.png"
-
-
-def load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
-    c = cfg.data
-    train, test = load_dataset(c.name, c.data_dir, image_size=c.image_size, channels=c.channels, strict=c.strict)
-    if c.subset:
-        train = train.subset(c.subset)
-    return train, test
-
-
-def create_model(cfg: TrainConfig, num_classes: int, in_chans: int) -> torch.nn.Module:
-    import resnetkit
-
-    try:
-        return resnetkit.create_model(cfg.model.arch, num_classes=num_classes, in_chans=in_chans,
-                                      **cfg.model.kwargs)
-    except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"cannot build model {cfg.model.arch!r} ({e}); `resnetkit models` lists the names") from e
+CHECKPOINT_VERSION = checkpoint.VERSION
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "segmentation": SegmentationTask}
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, clock=time.perf_counter):
+    """Train `cfg` (a TrainConfig of any task) in `cfg.run.out`; `resume=True` continues the run there."""
+
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, hooks=(), clock=time.perf_counter):
+        """resume=True: continue the run in cfg.run.out from its checkpoint; `cfg` must then be the run's own
+        config (checkpoint.run_config(run_dir) reads it) apart from the keys config.RESUMABLE names."""
         self.clock, self.t_start = clock, clock()
+        check(cfg)
         self.run_dir = Path(cfg.run.out)
-        state = checkpoint.load_checkpoint(self.run_dir / CHECKPOINT) if resume else None
-        if state is not None:
-            cfg = TrainConfig.from_dict(state["config"])  # a run continues with its own config
-        elif (self.run_dir / CHECKPOINT).exists() or (self.run_dir / WEIGHTS).exists():
-            raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or choose "
-                            "another --out")
-        self.cfg = cfg
+        self.resumed = resume
         self.d = distributed.init()
+        state = None
+        if resume:
+            state = checkpoint.load_checkpoint(self.run_dir / CHECKPOINT)
+            check_resume(checkpoint.saved_config(state, self.run_dir / CHECKPOINT), cfg)
+        elif self.d.main:  # only rank 0 writes, and only it looks: the others may start after it made the folder
+            rundir.check_new_run_dir(self.run_dir, inputs=_inputs(cfg))
+        self.saved_step: int | None = None  # the step of the checkpoint on disk, once there is one
+        self.config_written = False  # config.json says what this process trains
+        self.created_dirs: list[Path] = []
+        self.cfg, self.hooks = cfg, list(hooks)
         self._set_determinism()
-        self.train_set, self.test_set = load_data(cfg)
+        self.task = TASKS[cfg.task](cfg, self.d.device)
         self._check_batch()
-        t = self.train_set
-        self.aug = BatchAugment(pad=t.pad if cfg.data.pad is None else cfg.data.pad,
-                                flip=t.flip if cfg.data.flip is None else cfg.data.flip, cutout=cfg.data.cutout)
-        dev = self.d.device
-        # The whole uint8 split lives on the training device; batches are gathered and augmented there.
-        self.images, self.labels = t.images.to(dev), t.labels.to(dev)
-        self.mean, self.std = torch.tensor(t.mean, device=dev), torch.tensor(t.std, device=dev)
 
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-        self.model = create_model(cfg, t.num_classes, t.in_chans).to(dev)
+        self.model = self.task.build_model()
+        if state is None:
+            self.task.init_weights(self.model)  # a resumed run gets the task's state with the rest (_restore)
+        self.model.to(self.d.device)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-        self.spe = steps_per_epoch(len(t), cfg.data.batch_size)
+        self.spe = steps_per_epoch(len(self.task.train_set), cfg.data.batch_size)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
-        # This epoch's training sums (loss, errors, images, seconds), saved so a mid-epoch resume reports
-        # the same epoch metrics as the uninterrupted run.
-        self.epoch_sums = torch.zeros(4, dtype=torch.float64)
-        self.total = self._initial_total()
+        # This epoch's training sums (task.SUMS, over all processes at a checkpoint) and seconds, saved so a
+        # mid-epoch resume reports the same epoch metrics as the uninterrupted run.
+        self.epoch_sums = torch.zeros(len(self.task.SUMS), dtype=torch.float64)
+        self.epoch_seconds = 0.0
+        self.total = self._initial_total()  # the schedule's length; the learning rates follow it
         self.planner = None
         if state is not None:
             self._restore(state)
         elif cfg.schedule.budget_min > 0 and cfg.schedule.steps <= 0:
             # An evaluation image costs about a third of a training image (forward only).
-            eval_guess = len(self.test_set) / cfg.data.batch_size / 3
+            eval_guess = len(self.task.eval_set) / cfg.data.batch_size / 3
             self.planner = BudgetPlanner(60 * cfg.schedule.budget_min, self.spe, self.t_start, clock,
                                          eval_guess_steps=eval_guess)
         # The one wrapping place: DDP (and SyncBatchNorm) for training, then optionally torch.compile.
@@ -115,13 +123,17 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
 
     def _check_batch(self) -> None:
-        b, parts = self.cfg.data.batch_size, self.d.world * self.cfg.optim.grad_accum
+        b, accum = self.cfg.data.batch_size, self.cfg.optim.grad_accum
+        parts = self.d.world * accum
         if b % parts:
-            raise UserError(f"batch size {b} does not split into {self.d.world} processes x "
-                            f"{self.cfg.optim.grad_accum} accumulation steps; choose a multiple of {parts}")
-        if len(self.train_set) < b:
-            raise UserError(f"the training set has {len(self.train_set)} images, fewer than one batch of {b}; "
-                            "lower --batch-size")
+            raise config_error(f"data.batch_size={b} does not split into {self.d.world} processes x "
+                               f"optim.grad_accum={accum} micro-batches; choose a multiple of {parts}",
+                               ("data.batch_size", "optim.grad_accum"))
+        n = len(self.task.train_set)
+        if n < b:
+            raise config_error(f"the training set has {n} images, fewer than one batch of data.batch_size={b}; "
+                               "lower data.batch_size", ("data.batch_size", "data.subset"))
+        self.task.check_micro_batch(b // parts)
 
     def _initial_total(self) -> int:
         s = self.cfg.schedule
@@ -131,216 +143,381 @@ class Trainer:
             return 2 * self.spe  # provisional, until the planner has measured the speed
         return max(1, round(s.epochs * self.spe))
 
+    @property
+    def stop_at(self) -> int:
+        """The step training ends at: the schedule's end, or schedule.max_steps when that is sooner."""
+        m = self.cfg.schedule.max_steps
+        return min(self.total, m) if m > 0 else self.total
+
     def _restore(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        path = self.run_dir / CHECKPOINT
+        try:
+            self._load_state(state)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+            raise CheckpointError(f"{path}: its state does not fit this run's config ({type(e).__name__}: "
+                                  f"{checkpoint._first_line(e)})") from None
+        self.saved_step = self.step
+        if self.step >= self.stop_at:
+            more = (f" (it stopped at schedule.max_steps={self.cfg.schedule.max_steps} of {self.total}: raise that to "
+                    "go on)" if self.step < self.total else "")
+            raise config_error(f"run.out={self.run_dir}: the run already finished ({self.step} steps){more}; nothing "
+                               "to resume", ("schedule.max_steps",))
+        if self.d.main:
+            log.info("resuming %s at step %d of %d (epoch %d, batch %d)", self.run_dir, self.step, self.stop_at,
+                     self.epoch + 1, self.batch_in_epoch)
+
+    def _load_state(self, state: dict) -> None:
+        path = self.run_dir / CHECKPOINT
+        counts = {k: state[k] for k in ("step", "total_steps", "epoch", "batch_in_epoch")}
+        if any(type(v) is not int or v < 0 for v in counts.values()) or counts["batch_in_epoch"] > self.spe or \
+                counts["step"] > counts["total_steps"] or not 1 <= counts["total_steps"] <= 10**9:
+            raise CheckpointError(f"{path}: impossible counters {counts}")
+        sums = state["epoch_sums"]
+        if not isinstance(sums, torch.Tensor) or sums.shape != self.epoch_sums.shape:
+            raise CheckpointError(f"{path}: epoch_sums do not fit the {self.cfg.task} task")
+        self.task.load_state_dict(state["task"])
+        try:
+            load_state_dict_strict(self.model, state["model"], source="the checkpoint")
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: its model does not fit its saved config ({e})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
-        self.step, self.total = state["step"], state["total_steps"]
-        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
-        self.epoch_sums = state["epoch_sums"]
-        checkpoint.set_rng_state(state["rng"])
+            load_state_dict_strict(self.ema.module, state["ema"], source=f"{path} (ema)")
+        self.step, self.total = counts["step"], counts["total_steps"]
+        self.epoch, self.batch_in_epoch = counts["epoch"], counts["batch_in_epoch"]
+        # The saved sums are over all processes: rank 0 carries them on, the others start from zero.
         if self.d.main:
-            report.truncate_metrics(self.run_dir / METRICS, self.epoch)
-            log.info("resumed %s at step %d of %d (epoch %d, batch %d)", self.run_dir, self.step, self.total,
-                     self.epoch + 1, self.batch_in_epoch)
+            self.epoch_sums = sums.to(torch.float64)
+        self.epoch_seconds = float(state["epoch_seconds"])
+        checkpoint.set_rng_state(state["rng"])
 
     # -- state -------------------------------------------------------------------------------
 
     def state_dict(self) -> dict:
         return {
+            "version": CHECKPOINT_VERSION,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "task": self.task.state_dict(),
             "step": self.step,
             "total_steps": self.total,
             "epoch": self.epoch,  # epochs completed
             "batch_in_epoch": self.batch_in_epoch,  # batches of the current epoch already trained
-            "epoch_sums": self.epoch_sums,
+            "epoch_sums": self.epoch_sums,  # this rank's; save_checkpoint stores the sum over all ranks
+            "epoch_seconds": self.epoch_seconds,
             "rng": checkpoint.rng_state(),
             "torch_version": str(torch.__version__),
         }
 
+    def global_epoch_sums(self) -> torch.Tensor:
+        """This epoch's sums over all processes (every rank calls this)."""
+        return distributed.all_reduce_sum(self.epoch_sums.to(self.d.device).clone(), self.d).cpu()
+
     def save_checkpoint(self) -> None:
+        """Every rank calls this (the epoch sums are summed over processes); rank 0 writes."""
+        sums = self.global_epoch_sums()
         if self.d.main:
-            checkpoint.atomic_torch_save(self.state_dict(), self.run_dir / CHECKPOINT)
+            self._write_checkpoint(sums)
+
+    def _write_checkpoint(self, sums: torch.Tensor) -> None:
+        with self._writing(self.run_dir / CHECKPOINT, "checkpoint"):
+            checkpoint.atomic_torch_save({**self.state_dict(), "epoch_sums": sums}, self.run_dir / CHECKPOINT)
+        self.saved_step = self.step
+
+    # -- the run directory -------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self, path: Path, what: str):
+        """Turn a failed write of `path` into one RunWriteError that names it and says what was kept."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, UserError):
+                raise
+            code = _errno_name(e.errno)
+            if self.saved_step is not None:
+                kept = (f"the run is as its checkpoint at step {self.saved_step} left it ({self.run_dir / CHECKPOINT} "
+                        "and the files before it are intact); fix the cause, then resume the run (CLI: --resume)")
+            elif not self.resumed:
+                kept = ("no checkpoint had been written yet, so the run's own files were removed and nothing else "
+                        "was touched; fix the cause and start again")
+            else:
+                kept = "nothing was replaced"
+            raise rundir.RunWriteError(e.errno, f"{path}: cannot write the {what}: {e.strerror or e}{code}; {kept}",
+                                       str(path)) from None
+
+    def _open_run_dir(self) -> None:
+        """Rank 0, before training: the marker (first) and config.json; on resume metrics.jsonl cut back to
+        the checkpoint (a torn last line dropped)."""
+        if not (self.run_dir / rundir.MARKER).is_file():
+            with self._writing(self.run_dir, "run directory"):
+                if not self.resumed:
+                    self.created_dirs = rundir.make_dirs(self.run_dir)
+            with self._writing(self.run_dir / rundir.MARKER, "run marker"):
+                rundir.write_marker(self.run_dir, "train", task=self.cfg.task)
+        if not self.resumed:  # a resumed run rewrites it with its first checkpoint (_commit_epoch)
+            with self._writing(self.run_dir / "config.json", "config"):
+                atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            self.config_written = True
+        else:
+            with self._writing(self.run_dir / METRICS, "metrics"):
+                report.truncate_metrics(self.run_dir / METRICS, self.epoch)
+
+    def _commit_epoch(self, row: dict, sums: torch.Tensor, final: bool) -> None:
+        """Rank 0: the metrics row, the curves, the weights (final epoch), then the checkpoint, the commit.
+        If one fails, the ones before are undone: the folder stays as the last checkpoint left it."""
+        metrics, curves, weights = (self.run_dir / n for n in (METRICS, CURVES, WEIGHTS))
+        undo = []
+        try:
+            with self._writing(metrics, "metrics"):
+                size = report.append_metrics(metrics, row)
+            undo.append(lambda: os.truncate(metrics, size))
+            old_curves = curves.read_bytes() if curves.is_file() else None
+            with self._writing(curves, "learning curves"):
+                report.plot_curves(report.read_metrics(metrics), curves, self.task.PANELS)
+            undo.append(lambda: _restore_file(curves, old_curves))
+            if final:
+                # Weights exist already only when a run that stopped at schedule.max_steps goes on: keep them
+                # (a hard link) until the checkpoint has committed the new ones.
+                prev, had = weights.with_name(f".{WEIGHTS}.prev"), weights.is_file()
+                try:
+                    if had:
+                        with self._writing(prev, "weights"):
+                            _link_or_copy(weights, prev)
+                    with self._writing(weights, "weights"):
+                        self._save_weights(row)
+                except BaseException:
+                    prev.unlink(missing_ok=True)  # the old weights were never replaced
+                    raise
+                undo.append(lambda: os.replace(prev, weights) if had else weights.unlink(missing_ok=True))
+            if self.resumed and not self.config_written:  # a resumed run says what it goes on with once it has
+                config = self.run_dir / "config.json"
+                old_config = config.read_bytes() if config.is_file() else None
+                with self._writing(config, "config"):
+                    atomic_write_json(config, self.cfg.to_dict())
+                undo.append(lambda: _restore_file(config, old_config))
+            self._write_checkpoint(sums)
+            self.config_written = True
+        except BaseException:
+            for u in reversed(undo):
+                try:
+                    u()
+                except OSError:
+                    pass
+            raise
+        if final:
+            prev.unlink(missing_ok=True)
 
     # -- training ----------------------------------------------------------------------------
 
-    def train_step(self, i: int, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One optimizer step on global batch `idx`; returns this rank's (loss sum, errors, images)."""
-        cfg, d = self.cfg, self.d
+    def train_step(self, i: int, idx: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on global batch `idx` (batch `i` of the epoch); returns this rank's sums."""
+        cfg, d, task = self.cfg, self.d, self.task
         lr = lr_at(self.step, self.total, cfg.optim.lr, cfg.schedule)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         # Draws for the whole global batch, so they do not depend on the number of processes.
-        params = self.aug.sample(len(idx), derived_generator(cfg.run.seed, self.epoch, i, 1))
+        params = task.sample(len(idx), derived_generator(cfg.run.seed, self.epoch, i, 1))
         accum, parts = cfg.optim.grad_accum, d.world * cfg.optim.grad_accum
-        loss_sum = torch.zeros((), device=d.device)
-        errors = torch.zeros((), dtype=torch.int64, device=d.device)
-        n = 0
+        sums = torch.zeros(len(task.SUMS), dtype=torch.float64, device=d.device)
         for micro in range(accum):
             part = d.rank * accum + micro
-            sel = shard(idx, part, parts).to(d.device)
-            p = {k: shard(v, part, parts) for k, v in params.items()}
-            x = self.aug.apply_cutout(normalize(self.aug.crop_flip(self.images[sel], p), self.mean, self.std), p)
-            y = self.labels[sel]
+            x, y = task.batch(shard(idx, part, parts), {k: shard(v, part, parts) for k, v in params.items()})
             if cfg.run.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             # Gradients are all-reduced only on the last micro-batch.
             sync = self.ddp_model.no_sync() if d.world > 1 and micro < accum - 1 else nullcontext()
             with sync, autocast(d.device, cfg.run.amp):
-                logits = self.train_model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.optim.label_smoothing)
+                out = self.train_model(x)
+                loss = task.loss(out, y)
                 (loss / accum).backward()
-            loss_sum += loss.detach() * len(y)
-            errors += (logits.detach().argmax(1) != y).sum()
-            n += len(y)
+            sums += task.batch_sums(out.detach(), y, loss.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
-        return loss_sum, errors, n
+        return sums
 
-    def _check_finite(self, loss_sum: torch.Tensor) -> None:
-        bad = torch.tensor(0.0 if math.isfinite(float(loss_sum)) else 1.0, device=self.d.device)
+    def _check_finite(self, sums: torch.Tensor) -> None:
+        loss = float(sums[0])
+        bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=self.d.device)
         if float(distributed.all_reduce_sum(bad, self.d)) > 0:
-            where = self.run_dir / CHECKPOINT
-            kept = f"the last good checkpoint {where} (epoch {self.epoch}) is kept" if where.exists() else \
-                "no checkpoint had been written yet"
-            raise UserError(f"loss became {float(loss_sum)} at step {self.step} (epoch {self.epoch + 1}); "
-                            f"training stopped; {kept}; lower --lr or add warm-up (--set schedule.warmup_steps=N)")
+            kept = (f"the last good checkpoint {self.run_dir / CHECKPOINT} (step {self.saved_step}) is kept"
+                    if self.saved_step is not None else
+                    "no checkpoint had been written yet, so the run's own files were removed")
+            raise UserError(f"loss became {loss} at step {self.step} (epoch {self.epoch + 1}); training stopped; "
+                            f"{kept}; lower optim.lr or add warm-up (schedule.warmup_steps)")
+
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop after the current step, save a checkpoint and return from fit (what SIGINT/SIGTERM do)."""
+        self.stop_signal = signum
 
     def _stop_requested(self) -> bool:
         flag = torch.tensor(1.0 if self.stop_signal else 0.0, device=self.d.device)
         return float(distributed.all_reduce_sum(flag, self.d)) > 0
 
     def run_epoch(self, bar) -> dict | None:
-        """Train the rest of the current epoch; returns its train metrics, or None if a signal stopped it."""
+        """Train the rest of the current epoch; returns its train metrics, or None if a stop was requested."""
         cfg = self.cfg
         self.train_model.train()  # evaluation leaves the model in eval mode
         if self.batch_in_epoch == 0:
-            self.epoch_sums.zero_()
-        # Sums of this rank over this epoch, carried over from before a mid-epoch resume.
-        loss_sum = self.epoch_sums[0].to(self.d.device, torch.float32)
-        errors = self.epoch_sums[1].to(self.d.device, torch.int64)
-        n, t0, t_before = int(self.epoch_sums[2]), self.clock(), float(self.epoch_sums[3])
-        for i, idx in epoch_batches(len(self.images), cfg.data.batch_size, cfg.run.seed, self.epoch,
+            self.epoch_sums, self.epoch_seconds = torch.zeros_like(self.epoch_sums), 0.0
+        sums = self.epoch_sums.to(self.d.device).clone()  # this rank's, carried over from a mid-epoch resume
+        t0, before = self.clock(), self.epoch_seconds
+        for i, idx in epoch_batches(len(self.task.train_set), cfg.data.batch_size, cfg.run.seed, self.epoch,
                                     self.batch_in_epoch):
-            if self.step >= self.total:
+            if self.step >= self.stop_at:
                 break
-            l, e, k = self.train_step(i, idx)
-            loss_sum, errors, n = loss_sum + l, errors + e, n + k
+            sums += self.train_step(i, idx)
             self.batch_in_epoch = i + 1
             if self.planner is not None:
                 self.total = self.planner.after_step(self.step, self.total)
-                bar.total = self.total
+                bar.total = self.stop_at
             bar.update(1)
+            for h in self.hooks:
+                if hasattr(h, "on_step"):
+                    h.on_step(self)
             if self.step % cfg.run.log_every == 0:
-                self._check_finite(loss_sum)
-                rate = n * self.d.world / max(1e-9, t_before + self.clock() - t0)
-                bar.set_postfix(loss=f"{float(loss_sum) / n:.3f}", acc=f"{1 - float(errors) / n:.3f}",
-                                lr=f"{self.optimizer.param_groups[0]['lr']:.4f}", img_s=f"{rate:.0f}")
+                self._check_finite(sums)
+                rate = self.batch_in_epoch * cfg.data.batch_size / max(1e-9, before + self.clock() - t0)
+                bar.set_postfix(**self.task.progress(sums), lr=f"{self.optimizer.param_groups[0]['lr']:.4f}",
+                                img_s=f"{rate:.0f}")
             if self._stop_requested():
-                self.epoch_sums = torch.tensor([float(loss_sum), float(errors), n, t_before + self.clock() - t0],
-                                               dtype=torch.float64)
+                self.epoch_sums, self.epoch_seconds = sums.cpu(), before + self.clock() - t0
                 return None
-        self._check_finite(loss_sum)
-        sums = torch.stack([loss_sum.double(), errors.double(), torch.tensor(float(n), device=self.d.device,
-                                                                            dtype=torch.float64)])
-        distributed.all_reduce_sum(sums, self.d)
-        total_n = max(1.0, float(sums[2]))
-        return {"train_loss": float(sums[0]) / total_n, "train_err": float(sums[1]) / total_n,
-                "img_s": total_n / max(1e-9, t_before + self.clock() - t0)}
+        self._check_finite(sums)
+        self.epoch_sums, self.epoch_seconds = sums.cpu(), before + self.clock() - t0
+        everyone = distributed.all_reduce_sum(sums, self.d).cpu()
+        images = self.batch_in_epoch * cfg.data.batch_size
+        return {**self.task.train_metrics(everyone), "img_s": images / max(1e-9, self.epoch_seconds)}
 
     def eval_model(self) -> torch.nn.Module:
+        """The model evaluated and saved: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.model
 
     def end_epoch(self, train_metrics: dict) -> dict:
         """Evaluate, record metrics and curves, checkpoint; called when an epoch (or the run) ends."""
-        cfg = self.cfg
         t0 = self.clock()
         distributed.broadcast_buffers(self.model, self.d)
         distributed.broadcast_buffers(self.eval_model(), self.d)
-        ev = evaluate(self.eval_model(), self.test_set, batch_size=cfg.data.eval_batch_size, amp=cfg.run.amp,
-                      channels_last=cfg.run.channels_last, d=self.d)
-        eval_s = self.clock() - t0
+        ev = self.task.evaluate(self.eval_model(), self.d)
         if self.planner is not None:
-            self.total = self.planner.after_eval(self.step, self.total, eval_s)
-        if self.batch_in_epoch >= self.spe or self.step >= self.total:
+            self.total = self.planner.after_eval(self.step, self.total, self.clock() - t0)
+        if self.batch_in_epoch >= self.spe or self.step >= self.stop_at:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
-        row = {"epoch": self.epoch, "step": self.step, **{k: train_metrics[k] for k in ("train_loss", "train_err")},
-               "test_loss": ev["loss"], "test_err": 1 - ev["top1"], "test_top5_err": 1 - ev["top5"],
-               "lr": self.optimizer.param_groups[0]["lr"], "img_s": train_metrics["img_s"],
+        row = {"epoch": self.epoch, "step": self.step, **{k: v for k, v in train_metrics.items() if k != "img_s"},
+               **ev, "lr": self.optimizer.param_groups[0]["lr"], "img_s": train_metrics["img_s"],
                "time_s": self.clock() - self.t_start}
+        for h in self.hooks:
+            if hasattr(h, "on_epoch_end"):
+                row = h.on_epoch_end(self, row)
+        sums = self.global_epoch_sums()
         if self.d.main:
-            report.append_metrics(self.run_dir / METRICS, row)
-            report.plot_curves(report.read_metrics(self.run_dir / METRICS), self.run_dir / CURVES)
-            log.info("epoch %d step %d/%d | train loss %.4f err %.2f%% | test loss %.4f err %.2f%% | lr %.4g | "
-                     "%.0f img/s | %.0f s", self.epoch, self.step, self.total, row["train_loss"],
-                     100 * row["train_err"], row["test_loss"], 100 * row["test_err"], row["lr"], row["img_s"],
-                     row["time_s"])
-        self.save_checkpoint()
+            self._commit_epoch(row, sums, final=self.step >= self.stop_at)
+            log.info("epoch %d step %d/%d | %s | lr %.4g | %.0f img/s | %.0f s", self.epoch, self.step, self.stop_at,
+                     self.task.summary(row), row["lr"], row["img_s"], row["time_s"])
         return row
 
     def fit(self) -> dict:
-        """Train to the end of the schedule (or until SIGINT/SIGTERM); returns a summary dict."""
-        if self.step >= self.total:
-            raise UserError(f"{self.run_dir}: the run already finished ({self.step} steps); nothing to resume")
-        if self.d.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
-            log.info("training %s on %s: %d images, %d steps/epoch, %d steps, device %s x%d -> %s",
-                     self.cfg.model.arch, self.cfg.data.name, len(self.train_set), self.spe, self.total,
-                     self.d.device, self.d.world, self.run_dir)
+        """Train to the end of the schedule (or until SIGINT/SIGTERM / request_stop); returns a summary dict:
+        the last metrics row plus "step", "interrupted" and "exit_code" (128 + the signal when stopped)."""
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        show = self.d.main and sys.stderr.isatty()
-        row = None
         try:
-            with tqdm(total=self.total, initial=self.step, disable=not show, unit="step", leave=False) as bar:
-                while self.step < self.total:
+            if self.d.main:
+                self._open_run_dir()
+                log.info("training %s, %d steps/epoch, %d steps, device %s x%d -> %s", self.task.describe(),
+                         self.spe, self.stop_at, self.d.device, self.d.world, self.run_dir)
+            for h in self.hooks:
+                if hasattr(h, "on_fit_start"):
+                    h.on_fit_start(self)
+            show = self.d.main and sys.stderr.isatty()
+            row = None
+            with tqdm(total=self.stop_at, initial=self.step, disable=not show, unit="step", leave=False) as bar:
+                while self.step < self.stop_at:
                     metrics = self.run_epoch(bar)
                     if metrics is None:
                         return self._interrupted()
                     row = self.end_epoch(metrics)
+        except BaseException:
+            if self.d.main and not self.resumed and self.saved_step is None:
+                rundir.discard(self.run_dir, self.created_dirs)  # a new run that never checkpointed leaves nothing
+            raise
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         return self.finish(row)
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_signal = signum
+        self.request_stop(signum)
 
     def _interrupted(self) -> dict:
+        if self.d.main and self.resumed and not self.config_written:
+            with self._writing(self.run_dir / "config.json", "config"):
+                atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
+            self.config_written = True
         self.save_checkpoint()
-        name = signal.Signals(self.stop_signal or signal.SIGINT).name
+        signum = self.stop_signal or signal.SIGINT
         if self.d.main:
-            log.warning("%s at step %d: checkpoint saved to %s; continue with `resnetkit train --out %s --resume`",
-                        name, self.step, self.run_dir / CHECKPOINT, self.run_dir)
-        return {"interrupted": True, "exit_code": 128 + (self.stop_signal or signal.SIGINT), "step": self.step}
+            log.warning("%s at step %d: checkpoint saved to %s; resume the run to continue",
+                        signal.Signals(signum).name, self.step, self.run_dir / CHECKPOINT)
+        return {"interrupted": True, "exit_code": 128 + signum, "step": self.step, "run_dir": str(self.run_dir)}
+
+    def _save_weights(self, row: dict) -> None:
+        """The weights file (rank 0) with the task's card, the step count and the config."""
+        save_weights(self.eval_model(), self.run_dir / WEIGHTS, **self.task.card(row),
+                     source=f"resnetkit.train ({self.cfg.task}) -> {self.run_dir}",
+                     extra={"steps": self.step, "wall_s": row["time_s"], "train_config": self.cfg.to_dict(),
+                            "command": " ".join(sys.argv)})
 
     def finish(self, row: dict) -> dict:
-        t = self.train_set
+        """The summary of a run that reached its end (its weights were written with the last checkpoint)."""
         if self.d.main:
-            save_weights(self.eval_model(), self.run_dir / WEIGHTS, class_names=t.class_names,
-                         preprocessing=t.preprocessing(), source=f"resnetkit train -> {self.run_dir}",
-                         extra={"test_top1_err": row["test_err"], "steps": self.step, "wall_s": row["time_s"],
-                                "train_config": self.cfg.to_dict(), "command": " ".join(sys.argv)})
-            log.info("done: test error %.2f%% (top-1 accuracy %.2f%%) after %d steps in %.0f s; weights %s",
-                     100 * row["test_err"], 100 * (1 - row["test_err"]), self.step, row["time_s"],
-                     self.run_dir / WEIGHTS)
-        return {"interrupted": False, "exit_code": 0, "step": self.step, **row}
+            log.info("done: %s after %d steps in %.0f s; weights %s", self.task.final_summary(row), self.step,
+                     row["time_s"], self.run_dir / WEIGHTS)
+        return {"interrupted": False, "exit_code": 0, "step": self.step, "run_dir": str(self.run_dir), **row}
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Build a trainer from `cfg` and fit; tears the process group down afterwards."""
-    trainer = Trainer(cfg, resume=resume)
+def _errno_name(code: int | None) -> str:
+    return f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
     try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def _restore_file(path: Path, data: bytes | None) -> None:
+    """Put back what `path` held (None: it did not exist)."""
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)
+
+
+def _inputs(cfg: TrainConfig) -> list[str]:
+    """What a run reads, which its run directory may not be, nor lie inside."""
+    if cfg.task == "segmentation":
+        return [cfg.data.path, cfg.model.backbone_weights]
+    return [cfg.data.data_dir]
+
+
+def train(cfg: TrainConfig, resume: bool = False, hooks=()) -> dict:
+    """Build a Trainer from `cfg` and fit (see Trainer.fit for the result); tears the process group down
+    afterwards."""
+    try:
+        trainer = Trainer(cfg, resume=resume, hooks=hooks)
         result = trainer.fit()
         # Rank 0 may still be writing files: a rank that tore gloo down first could abort at exit.
         distributed.barrier(trainer.d)
         return result
     finally:
-        distributed.shutdown(trainer.d)
+        distributed.shutdown()

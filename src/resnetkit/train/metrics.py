@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from resnetkit.segmentation.data import IGNORE
+from resnetkit.data.segmentation import IGNORE
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int, ignore: int = IGNORE

@@ -1,4 +1,6 @@
-"""Semantic segmentation: a registered backbone in fully convolutional mode plus a dense head.
+"""Semantic segmentation models: a registered backbone in fully convolutional mode plus a dense head,
+registered like every other model: `slimseg_<backbone>` and `deeplabv3_<backbone>` for every
+classification backbone (`create_model("deeplabv3_resnet_v2_101", num_classes=21, output_stride=16)`).
 
 Two heads:
   slim  TF-slim's own recipe (resnet_v1.py docstring): a 1x1 logits conv on the last block at output
@@ -15,29 +17,17 @@ hold the border value past the last feature (see `upsample_logits`).
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetkit.errors import UserError
-from resnetkit.models import ModelConfig, create_model
+from resnetkit.errors import ConfigError
+from resnetkit.models import variants  # noqa: F401  (the backbones are registered before the loop below)
+from resnetkit.models.registry import create_model, list_models, model_defaults, register_model
 
-ARCH = "segmentation"  # the `arch` of every segmentation model's config (weights/io.py dispatches on it)
-HEADS = ("slim", "aspp")
+# head -> the prefix of its registered names
+HEADS = {"slim": "slimseg", "aspp": "deeplabv3"}
 ASPP_RATES_OS16 = (6, 12, 18)
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentationConfig(ModelConfig):
-    """A ModelConfig whose `build()` makes a segmentation model (arch 'segmentation', kwargs for
-    `create_segmentation_model`); it serialises exactly like any other model's config."""
-
-    def build(self) -> nn.Module:
-        return create_segmentation_model(**self.kwargs)
 
 
 def upsample_logits(logits: torch.Tensor, size: tuple[int, int], stride: int) -> torch.Tensor:
@@ -61,18 +51,18 @@ def upsample_logits(logits: torch.Tensor, size: tuple[int, int], stride: int) ->
     return x
 
 
-def _conv_bn_relu(cin: int, cout: int, k: int = 1, rate: int = 1) -> nn.Sequential:
+def _conv_bn_relu(in_chans: int, out_chans: int, k: int = 1, rate: int = 1) -> nn.Sequential:
     # Stride-1 'SAME' padding: rate * (k - 1) / 2 on every side keeps the grid aligned.
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=rate * (k - 1) // 2, dilation=rate, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(in_chans, out_chans, k, padding=rate * (k - 1) // 2, dilation=rate, bias=False),
+                         nn.BatchNorm2d(out_chans), nn.ReLU(inplace=True))
 
 
 class SlimHead(nn.Module):
     """slim: logits = 1x1 conv (with bias) on the last block's features."""
 
-    def __init__(self, in_chs: int, num_classes: int):
+    def __init__(self, in_chans: int, num_classes: int):
         super().__init__()
-        self.logits = nn.Conv2d(in_chs, num_classes, 1)
+        self.logits = nn.Conv2d(in_chans, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits(x)
@@ -84,9 +74,9 @@ class ImagePooling(nn.Module):
     Note: BN here sees one value per channel and image, so training needs batches of 2 or more.
     """
 
-    def __init__(self, in_chs: int, chs: int):
+    def __init__(self, in_chans: int, chs: int):
         super().__init__()
-        self.conv = _conv_bn_relu(in_chs, chs, 1)
+        self.conv = _conv_bn_relu(in_chans, chs, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x.mean((2, 3), keepdim=True))  # (N, chs, 1, 1)
@@ -96,13 +86,13 @@ class ImagePooling(nn.Module):
 class ASPPHead(nn.Module):
     """DeepLabv3's Atrous Spatial Pyramid Pooling head: (N, C, h, w) -> (N, num_classes, h, w)."""
 
-    def __init__(self, in_chs: int, num_classes: int, rates: tuple[int, ...] = ASPP_RATES_OS16,
+    def __init__(self, in_chans: int, num_classes: int, rates: tuple[int, ...] = ASPP_RATES_OS16,
                  channels: int = 256, image_pooling: bool = True):
         super().__init__()
         self.rates = tuple(rates)
-        self.branches = nn.ModuleList([_conv_bn_relu(in_chs, channels, 1)] +
-                                      [_conv_bn_relu(in_chs, channels, 3, r) for r in self.rates])
-        self.image_pool = ImagePooling(in_chs, channels) if image_pooling else None
+        self.branches = nn.ModuleList([_conv_bn_relu(in_chans, channels, 1)] +
+                                      [_conv_bn_relu(in_chans, channels, 3, r) for r in self.rates])
+        self.image_pool = ImagePooling(in_chans, channels) if image_pooling else None
         n = len(self.branches) + (1 if image_pooling else 0)
         self.project = _conv_bn_relu(n * channels, channels, 1)
         self.logits = nn.Conv2d(channels, num_classes, 1)
@@ -128,8 +118,9 @@ class SegModel(nn.Module):
                  aspp_rates: tuple[int, ...] | None = None, image_pooling: bool = True):
         super().__init__()
         if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+            raise ConfigError(f"head {head!r}: choose one of {', '.join(HEADS)}")
         self.backbone, self.num_classes, self.head_name = backbone, num_classes, head
+        self.in_chans, self.global_pool = backbone.in_chans, False  # fully convolutional
         self.output_stride = getattr(backbone, "output_stride", None) or 32
         if head == "slim":
             self.head = SlimHead(backbone.num_features, num_classes)
@@ -161,57 +152,59 @@ class SegModel(nn.Module):
         low = self.forward_head(feats)
         return upsample_logits(low, x.shape[-2:], self.output_stride), {"features": feats, "logits_lowres": low}
 
+    def forward_end_points(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(logits at input size, the backbone's end points plus 'head/logits' (low resolution) and 'logits')."""
+        feats, ep = self.backbone.forward_end_points(x)  # (N, C, H/s, W/s)
+        low = self.forward_head(feats)
+        out = upsample_logits(low, x.shape[-2:], self.output_stride)
+        return out, {**ep, "head/logits": low, "logits": out}
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_dict(x)[0]
 
 
-def create_segmentation_model(backbone: str = "resnet18", num_classes: int = 21, head: str = "slim",
-                              output_stride: int = 16, in_chans: int = 3, aspp_channels: int = 256,
-                              aspp_rates: list[int] | None = None, image_pooling: bool = True,
-                              backbone_kwargs: dict | None = None) -> SegModel:
-    """Build `backbone` (any registered name) with num_classes=None, global_pool=False at `output_stride`
-    and put a `head` on it; `model.config` rebuilds it (and is what a weights file stores)."""
-    kwargs = dict(backbone=backbone, num_classes=num_classes, head=head, output_stride=output_stride,
-                  in_chans=in_chans, aspp_channels=aspp_channels,
-                  aspp_rates=list(aspp_rates) if aspp_rates else None, image_pooling=image_pooling,
-                  backbone_kwargs=dict(backbone_kwargs or {}))
-    if head not in HEADS:
-        raise UserError(f"--head {head}: choose one of {', '.join(HEADS)}")
-    if num_classes < 1:
-        raise UserError(f"num_classes must be positive, got {num_classes}")
+def segmentation_model(backbone: str, head: str, num_classes: int = 21, output_stride: int = 16, in_chans: int = 3,
+                       aspp_channels: int = 256, aspp_rates: list[int] | None = None, image_pooling: bool = True,
+                       backbone_kwargs: dict | None = None) -> SegModel:
+    """`backbone` (any registered classification name) with num_classes=None, global_pool=False at
+    `output_stride`, and a `head` on it. The registered `slimseg_*` / `deeplabv3_*` builders call this."""
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     net = create_model(backbone, num_classes=None, global_pool=False, output_stride=output_stride,
                        in_chans=in_chans, **(backbone_kwargs or {}))
-    model = SegModel(net, num_classes, head, aspp_channels, aspp_rates, image_pooling)
-    model.config = SegmentationConfig(ARCH, kwargs)
-    return model
+    return SegModel(net, num_classes, head, aspp_channels, aspp_rates, image_pooling)
 
 
-def load_backbone_weights(model: SegModel, path: str | os.PathLike) -> list[str]:
-    """Copy a classification weights file (ours) into `model.backbone`, dropping its logits.
+def segmentation_name(head: str, backbone: str) -> str:
+    """The registered name of `head` on `backbone`: ('aspp', 'resnet50') -> 'deeplabv3_resnet50'."""
+    if head not in HEADS:
+        raise ConfigError(f"head {head!r}: choose one of {', '.join(HEADS)}")
+    return f"{HEADS[head]}_{backbone}"
 
-    Every other tensor must exist in the backbone with the same shape, and every backbone tensor must be
-    in the file; a UserError names the mismatches. Returns the dropped keys.
-    """
-    from safetensors.torch import load_file
 
-    from resnetkit.weights.io import read_metadata
+def _register_segmentation() -> None:
+    for backbone in list_models(task="classification"):
+        d = model_defaults(backbone)
+        # Slim's aligned sizes (32k+1): 513 for ImageNet backbones, 33 for CIFAR ones; DeepLab's output
+        # stride 16 where the backbone reaches it (CIFAR backbones stride by 4 in all).
+        imagenet = d["input_size"] >= 224
+        size, default_os = (513, 16) if imagenet else (d["input_size"] + 1, 4)
 
-    path = Path(path)
-    meta = read_metadata(path)  # checks the file exists and is ours
-    if (meta["config"] or {}).get("arch") == ARCH:
-        raise UserError(f"{path}: a segmentation model, not a classification backbone; to continue training "
-                        "it, load it with resnetkit.weights.io.load")
-    state = load_file(str(path))
-    dropped = sorted(k for k in state if k.startswith("logits."))
-    state = {k: v for k, v in state.items() if k not in dropped}
-    want = model.backbone.state_dict()
-    missing, unexpected = want.keys() - state.keys(), state.keys() - want.keys()
-    bad = [f"{k} {tuple(state[k].shape)} vs {tuple(want[k].shape)}" for k in want.keys() & state.keys()
-           if state[k].shape != want[k].shape]
-    if missing or unexpected or bad:
-        arch = (meta["config"] or {}).get("arch", "?")
-        parts = ([f"missing {sorted(missing)[:3]}"] if missing else []) + (
-            [f"unexpected {sorted(unexpected)[:3]}"] if unexpected else []) + ([f"shapes {bad[:3]}"] if bad else [])
-        raise UserError(f"{path}: holds {arch}, which does not fit this backbone: " + "; ".join(parts))
-    model.backbone.load_state_dict(state)
-    return dropped
+        def slim(_b=backbone, num_classes: int = 21, output_stride: int = default_os, in_chans: int = 3,
+                 backbone_kwargs: dict | None = None) -> SegModel:
+            return segmentation_model(_b, "slim", num_classes, output_stride, in_chans,
+                                      backbone_kwargs=backbone_kwargs)
+
+        def aspp(_b=backbone, num_classes: int = 21, output_stride: int = default_os, in_chans: int = 3,
+                 aspp_channels: int = 256, aspp_rates: list[int] | None = None, image_pooling: bool = True,
+                 backbone_kwargs: dict | None = None) -> SegModel:
+            return segmentation_model(_b, "aspp", num_classes, output_stride, in_chans, aspp_channels, aspp_rates,
+                                      image_pooling, backbone_kwargs)
+
+        for head, fn in (("slim", slim), ("aspp", aspp)):
+            fn.__doc__ = f"{backbone} at output stride 8 or 16 with the {head} head ({HEADS[head]})."
+            register_model(fn, name=segmentation_name(head, backbone), input_size=size, num_classes=21,
+                           family=d["family"], task="segmentation")
+
+
+_register_segmentation()

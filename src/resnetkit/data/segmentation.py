@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from resnetkit.errors import UserError
+from resnetkit._helpers import open_image
+from resnetkit.errors import DataError, MissingFileError
 
 IGNORE = 255
 VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -92,11 +93,7 @@ class SegSet:
 
 def read_image(path: Path) -> torch.Tensor:
     """An image file -> (3, H, W) uint8."""
-    try:
-        with Image.open(path) as im:
-            a = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"{path}: unreadable image ({e})") from e
+    a = np.asarray(open_image(path, "RGB"), dtype=np.uint8)
     return torch.from_numpy(a.transpose(2, 0, 1).copy())
 
 
@@ -109,18 +106,18 @@ def read_mask(path: Path, num_classes: int) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             mode = im.mode
-            if mode in ("P", "L", "I", "I;16"):
+            if mode in ("P", "L", "I", "I;16", "I;16L", "I;16B"):  # class indices, not intensities: no scaling
                 a = np.asarray(im).astype(np.int64)
             elif mode in ("RGB", "RGBA"):
                 a = _decode_colours(np.asarray(im.convert("RGB")), path)
             else:
-                raise UserError(f"{path}: mask mode {mode!r}; save masks as palette (P) or greyscale PNGs")
+                raise DataError(f"{path}: mask mode {mode!r}; save masks as palette (P) or greyscale PNGs")
     except (OSError, UnidentifiedImageError) as e:
-        raise UserError(f"{path}: unreadable mask ({e})") from e
+        raise DataError(f"{path}: unreadable mask ({e})") from e
     bad = np.unique(a[(a != IGNORE) & ((a < 0) | (a >= num_classes))])
     if bad.size:
         shown = ", ".join(map(str, bad[:5].tolist()))
-        raise UserError(f"{path}: palette index {shown} outside the {num_classes} classes (0..{num_classes - 1}) "
+        raise DataError(f"{path}: palette index {shown} outside the {num_classes} classes (0..{num_classes - 1}) "
                         f"and the ignore label {IGNORE}; fix the mask or list the classes in classes.txt")
     return torch.from_numpy(a.astype(np.uint8))
 
@@ -134,7 +131,7 @@ def _decode_colours(rgb: np.ndarray, path: Path) -> np.ndarray:
     unknown = [v for v in values.tolist() if v not in lut]
     if unknown:
         v = unknown[0]
-        raise UserError(f"{path}: colour {(v >> 16, (v >> 8) & 255, v & 255)} is not in VOC's colour map; save "
+        raise DataError(f"{path}: colour {(v >> 16, (v >> 8) & 255, v & 255)} is not in VOC's colour map; save "
                         "masks as palette PNGs of class indices")
     return np.array([lut[v] for v in values.tolist()], dtype=np.int64)[inverse].reshape(flat.shape)
 
@@ -144,7 +141,7 @@ def class_names_for(root: Path) -> list[str]:
     if f.is_file():
         names = [ln.strip() for ln in f.read_text().splitlines() if ln.strip()]
         if not names:
-            raise UserError(f"{f}: empty; list one class name per line, background first")
+            raise DataError(f"{f}: empty; list one class name per line, background first")
         return names
     return list(VOC_CLASSES)
 
@@ -158,12 +155,12 @@ def voc_root(root: Path) -> Path | None:
 
 def _pair(img: Path, mask: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     if not img.is_file():
-        raise UserError(f"{img}: no such image")
+        raise MissingFileError(f"{img}: no such image")
     if not mask.is_file():
-        raise UserError(f"{mask}: no such mask (for {img.name})")
+        raise MissingFileError(f"{mask}: no such mask (for {img.name})")
     x, m = read_image(img), read_mask(mask, num_classes)
     if tuple(x.shape[1:]) != tuple(m.shape):
-        raise UserError(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {img} is "
+        raise DataError(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {img} is "
                         f"{x.shape[2]}x{x.shape[1]} (width x height)")
     return x, m
 
@@ -172,27 +169,27 @@ def load_split(root: str | Path, split: str) -> SegSet:
     """Read split `split` ('train', 'val') of a VOC-layout or pairs-layout folder into memory."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"{root}: no such directory; pass a VOC-layout folder (JPEGImages, SegmentationClass, "
+        raise MissingFileError(f"{root}: no such directory; pass a VOC-layout folder (JPEGImages, SegmentationClass, "
                         "ImageSets/Segmentation) or ROOT/{train,val}/{images,masks}")
     names = class_names_for(root)
     voc = voc_root(root)
     if voc is not None:
         split_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not split_file.is_file():
-            raise UserError(f"{split_file}: no such split file; list the {split} image ids there, one per line")
+            raise MissingFileError(f"{split_file}: no such split file; list the {split} image ids there, one per line")
         ids = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
         if not ids:
-            raise UserError(f"{split_file}: lists no images")
+            raise DataError(f"{split_file}: lists no images")
         names = class_names_for(voc) if voc != root and not (root / "classes.txt").is_file() else names
         pairs = [_pair(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png", len(names))
                  for i in ids]
     else:
         img_dir, mask_dir = root / split / "images", root / split / "masks"
         if not img_dir.is_dir():
-            raise UserError(f"{root}: neither a VOC layout (no JPEGImages/) nor a pairs layout (no {img_dir})")
+            raise DataError(f"{root}: neither a VOC layout (no JPEGImages/) nor a pairs layout (no {img_dir})")
         files = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise UserError(f"{img_dir}: no images")
+            raise DataError(f"{img_dir}: no images")
         ids = [p.stem for p in files]
         pairs = [_pair(p, mask_dir / f"{p.stem}.png", len(names)) for p in files]
     images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -256,3 +253,10 @@ class JointAugment:
 def normalize_one(im: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 (3, H, W) -> float32 (x / 255 - mean) / std."""
     return (im.float() / 255 - mean[:, None, None]) / std[:, None, None]
+
+
+def palette_png(mask: np.ndarray) -> Image.Image:
+    """(H, W) uint8 class indices -> a 'P' image with VOC's palette (the format of SegmentationClass)."""
+    im = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    im.putpalette(voc_palette().flatten().tolist())
+    return im

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resnetkit.errors import UserError
-from resnetkit.segmentation.infer import atomic_save, palette_png
+from resnetkit._helpers import atomic_save_image, atomic_write_text
+from resnetkit.data.segmentation import palette_png
+from resnetkit.errors import ConfigError, OutputExistsError
 
 SHAPE_CLASSES = ("background", "circle", "square", "triangle", "diamond", "cross")
 _SPLIT_KEY = {"train": 0, "val": 1}
@@ -88,14 +89,23 @@ def make_sample(seed: int, split: str, index: int, size: int = 64) -> tuple[np.n
     return np.clip(a, 0, 255).astype(np.uint8), np.asarray(mask, dtype=np.uint8)
 
 
-def make_shapes(root: str | Path, n_train: int = 1000, n_val: int = 200, size: int = 64, seed: int = 0) -> Path:
+def make_shapes(root: str | Path, n_train: int = 1000, n_val: int = 200, size: int = 64, seed: int = 0,
+                overwrite: bool = False) -> Path:
     """Write the set in VOC layout under `root`: JPEGImages/, SegmentationClass/ (palette PNGs),
-    ImageSets/Segmentation/{train,val}.txt and classes.txt."""
+    ImageSets/Segmentation/{train,val}.txt and classes.txt. A non-empty `root` is refused unless
+    `overwrite` (then files of the same names are replaced)."""
     if size < 16:
-        raise UserError(f"--size {size}: too small for shapes; use 16 or more")
+        raise ConfigError(f"size {size}: too small for shapes; use 16 or more")
+    if seed < 0:
+        raise ConfigError(f"seed {seed} must be a non-negative integer")
     if n_train < 1 or n_val < 1:
-        raise UserError("--n-train and --n-val must be at least 1")
+        raise ConfigError(f"n_train {n_train} and n_val {n_val} must be at least 1")
     root = Path(root)
+    if root.is_dir() and any(root.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{root} is not empty; choose a new folder, or pass overwrite=True (CLI: "
+                                "--overwrite) to write the set over what is there")
+    if root.exists() and not root.is_dir():
+        raise OutputExistsError(f"{root} is a file, not a folder")
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     for split, n in (("train", n_train), ("val", n_val)):
@@ -104,9 +114,9 @@ def make_shapes(root: str | Path, n_train: int = 1000, n_val: int = 200, size: i
             name = f"{split}_{i:06d}"
             img, mask = make_sample(seed, split, i, size)
             # Quality 95 keeps JPEG blocking small next to the shapes' edges; masks stay lossless PNG.
-            atomic_save(Image.fromarray(img), root / "JPEGImages" / f"{name}.jpg", quality=95)
-            atomic_save(palette_png(mask), root / "SegmentationClass" / f"{name}.png")
+            atomic_save_image(Image.fromarray(img), root / "JPEGImages" / f"{name}.jpg", quality=95)
+            atomic_save_image(palette_png(mask), root / "SegmentationClass" / f"{name}.png")
             ids.append(name)
-        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (root / "classes.txt").write_text("\n".join(SHAPE_CLASSES) + "\n")
+        atomic_write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
+    atomic_write_text(root / "classes.txt", "\n".join(SHAPE_CLASSES) + "\n")
     return root

@@ -1,0 +1,159 @@
+"""`resnetkit eval`, `predict`, `segment`, `explain`: parse, call the library function, print."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from resnetkit._helpers import atomic_write_json, check_output
+from resnetkit.errors import UserError
+from resnetkit.export import BACKENDS, explain, predict, predict_folder, segment
+from resnetkit.train import evaluate_file
+from resnetkit.train.report import plot_confusion
+from resnetkit.weights import read_card
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a weights file: top-1/top-5 and a confusion matrix (mIoU for "
+                                    "segmentation weights)")
+    p.add_argument("--weights", required=True, help="a model.safetensors written by resnetkit")
+    p.add_argument("--data", required=True, help="classification: a dataset spec (its test split is used); "
+                                                 "segmentation: a VOC-layout or pairs folder")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="val", help="segmentation: the split to evaluate (default val)")
+    p.add_argument("--tta", choices=["flip", "multiscale"], help="test-time augmentation: flip (the image and its "
+                   "mirror), multiscale (segmentation: 0.75/1/1.25x and mirrors)")
+    p.add_argument("--out", help="folder for eval.json and confusion_matrix.png (default: next to the weights)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--backend", default="eager", choices=BACKENDS, help="inference backend (default eager)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="classify images with a weights file, using its own preprocessing")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--weights", required=True)
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--backend", default="eager", choices=BACKENDS, help="inference backend (default eager)")
+    p.add_argument("--out", metavar="FILE.csv|FILE.jsonl",
+                   help="stream rows to a CSV or JSONL file instead of printing (large folders: DataLoader "
+                        "workers decode, a progress bar shows the rate)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes with --out (default 2)")
+    p.add_argument("--tta", choices=["flip"], help="test-time augmentation: flip (the image and its "
+                   "mirror)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("segment", help="segment images with a segmentation weights file: mask + overlay PNGs")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--weights", required=True, help="a model.safetensors from `resnetkit train --task segmentation`")
+    p.add_argument("-o", "--out-dir", required=True, help="folder for NAME.png (palette mask) and NAME_overlay.png")
+    p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
+    p.set_defaults(func=cmd_segment)
+    _register_explain(sub)
+
+
+def _register_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="Grad-CAM heat maps: where a classifier looked (one PNG per image)")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--weights", required=True, help="a classification model.safetensors")
+    p.add_argument("--layer", metavar="END_POINT", help="end point to explain, e.g. resnet_v2_50/block3 (default: "
+                                                        "the last block; `resnetkit summary NAME` lists them)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class to explain (default: the top one)")
+    p.add_argument("-o", "--out-dir", required=True, help="folder for NAME_cam.png")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the heat map (default 0.5)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    for r in explain(args.weights, args.inputs, args.out_dir, layer=args.layer, class_name=args.class_name,
+                     alpha=args.alpha, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite):
+        print(f"{r['image']}: {r['class']} {100 * r['prob']:.1f}% at {r['layer']} -> {r['out']}")
+    return 0
+
+
+# -- eval ----------------------------------------------------------------------------------
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.weights).parent
+    seg = read_card(args.weights).task == "segmentation"
+    outputs = [out / "eval_segmentation.json"] if seg else [out / "eval.json", out / "confusion_matrix.png"]
+    for p in outputs:  # before the (long) evaluation, not after it
+        check_output(p, inputs=[args.weights, args.data], overwrite=args.overwrite)
+    result = evaluate_file(args.weights, args.data, data_dir=args.data_dir, split=args.split, backend=args.backend,
+                           batch_size=args.batch_size, allow_nonfinite=args.allow_nonfinite, tta=args.tta)
+    names = result["class_names"]
+    width = max(len(n) for n in names)
+    if "miou" in result:
+        path = atomic_write_json(outputs[0], result)
+        print(f"{args.data} {result['split']}: {result['n']} images  mIoU {result['miou']:.4f}  pixel accuracy "
+              f"{result['pixel_acc']:.4f}")
+        for n, iou in result["iou"].items():
+            print(f"  {n:<{width}}  IoU {iou:.4f}" if iou == iou else f"  {n:<{width}}  IoU   n/a (absent)")
+        print(f"wrote {path}")
+        return 0
+    path = atomic_write_json(outputs[0], result)
+    plot_confusion(np.asarray(result["confusion_matrix"]), names, outputs[1])
+    print(f"{args.data} test: {result['n']} images  top-1 {100 * result['top1']:.2f}%  "
+          f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}")
+    for n, acc in result["per_class_accuracy"].items():
+        print(f"  {n:<{width}}  {100 * acc:6.2f}%")
+    print(f"wrote {path} and {outputs[1]}")
+    return 0
+
+
+# -- predict -------------------------------------------------------------------------------
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    if read_card(args.weights).task == "segmentation":
+        raise UserError(f"{args.weights} holds a segmentation model; use `resnetkit segment IMAGE... --weights "
+                        f"{args.weights} -o DIR`")
+    if args.out:
+        r = predict_folder(args.weights, args.inputs, args.out, backend=args.backend, top_k=args.top_k,
+                           workers=args.workers, progress=sys.stderr.isatty(), overwrite=args.overwrite,
+                           allow_nonfinite=args.allow_nonfinite, tta=args.tta)
+        print(f"wrote {r['images']} rows to {r['out']} ({r['failed']} unreadable)")
+        return 0
+    rows = predict(args.weights, args.inputs, top_k=args.top_k, backend=args.backend,
+                   allow_nonfinite=args.allow_nonfinite, tta=args.tta)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    elif args.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(["image", "rank", "class", "index", "prob"])
+        for r in rows:
+            for rank, p in enumerate(r["predictions"], 1):
+                w.writerow([r["image"], rank, p["class"], p["index"], f"{p['prob']:.6f}"])
+    else:
+        width = max(len(r["image"]) for r in rows)
+        for r in rows:
+            preds = "  ".join(f"{p['class']} {100 * p['prob']:.1f}%" for p in r["predictions"])
+            print(f"{r['image']:<{width}}  {preds}")
+    return 0
+
+
+# -- segment -------------------------------------------------------------------------------
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    if read_card(args.weights).task != "segmentation":
+        raise UserError(f"{args.weights} holds a classification model; use `resnetkit predict`, or train a "
+                        "segmentation model with `resnetkit train --task segmentation`")
+    for r in segment(args.weights, args.inputs, args.out_dir, alpha=args.alpha, overwrite=args.overwrite,
+                     allow_nonfinite=args.allow_nonfinite):
+        present = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["fractions"].items())
+        print(f"{r['image']}: {present} -> {r['mask']}, {r['overlay']}")
+    return 0

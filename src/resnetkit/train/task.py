@@ -1,0 +1,111 @@
+"""What a task adapter supplies to the one training loop (resnetkit.train.Trainer).
+
+The Trainer owns everything a task does not change: the loop, precision, DDP, torch.compile, gradient
+accumulation, checkpoints and exact resume, signals, budget planning, logging, metrics.jsonl, the
+curves PNG and the final weights file. A task (ClassificationTask, SegmentationTask) owns its data,
+its model, how a batch is made, the loss, its training sums, evaluation and what its weights file says.
+
+Contract, in the order the Trainer uses it:
+  Task(cfg, device)            load the data: `train_set` (len() images) and `eval_set`
+  check_micro_batch(n)         refuse a per-process micro-batch of n images the model cannot train on
+  build_model()                a new model on the CPU (the Trainer seeds the RNG first)
+  init_weights(model)          fresh runs only: e.g. copy a backbone in; resumed runs get load_state_dict
+  state_dict() / load_state_dict(state)   what the task must keep in the checkpoint (plain types)
+  sample(n, generator)         augmentation draws for a whole global batch of n images {name: (n, ...)}
+  batch(idx, params)           (x, y) on the device for the images `idx` and their rows of `params`
+  loss(out, y)                 the mean loss of a micro-batch (out: the model's raw, maybe bf16, output)
+  batch_sums(out, y, loss)     float64 (len(SUMS),) on the device: sums over the micro-batch; SUMS[0] is
+                               the loss summed over images, so the Trainer can spot a non-finite loss
+  train_metrics(sums)          the epoch row's training entries from sums over the epoch (all processes)
+  progress(sums)               short {name: text} for the progress bar (this process's sums)
+  evaluate(model, d)           the epoch row's evaluation entries (every rank calls it; pass d= on)
+  card(row)                    class_names, preprocessing and metrics for the final weights file
+  PANELS                       the learning curves to draw (resnetkit.train.report.Panel)
+  describe(), summary(row), final_summary(row)   text for the log
+"""
+
+from __future__ import annotations
+
+import torch
+
+from resnetkit.errors import ConfigError
+from resnetkit.models import create_model
+from resnetkit.train.config import TrainConfig, _short, config_error
+from resnetkit.train.distributed import Dist
+from resnetkit.train.report import Panel
+
+
+def build(name: str, name_key: str, kwargs: dict, **required) -> torch.nn.Module:
+    """create_model(name, **required, **kwargs), its errors naming the config key at fault: `name_key`
+    (model.arch, model.backbone) for a bad name, model.kwargs for a bad extra argument."""
+    try:
+        return create_model(name, **required, **kwargs)
+    except (ConfigError, TypeError) as e:
+        if kwargs:
+            try:
+                create_model(name, **required)
+            except (ConfigError, TypeError):
+                pass
+            else:  # the model builds without them: the extra arguments are at fault
+                raise config_error(f"model.kwargs={_short(kwargs)}: {e}", ("model.kwargs",)) from None
+        raise config_error(str(e), (name_key,)) from None
+
+
+class Task:
+    """Base of the task adapters; see the module docstring for the contract."""
+
+    NAME = ""
+    SUMS: tuple[str, ...] = ()
+    PANELS: tuple[Panel, ...] = ()
+
+    def __init__(self, cfg: TrainConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        self.train_set = self.eval_set = None
+
+    def check_micro_batch(self, n: int) -> None:
+        """Raise ConfigError if the model cannot train on micro-batches of n images per process."""
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def init_weights(self, model: torch.nn.Module) -> None:
+        """Fresh runs only: set weights that do not come from the seed (a pretrained backbone)."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def batch(self, idx: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def train_metrics(self, sums: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def progress(self, sums: torch.Tensor) -> dict[str, str]:
+        return {}
+
+    def evaluate(self, model: torch.nn.Module, d: Dist) -> dict:
+        raise NotImplementedError
+
+    def card(self, row: dict) -> dict:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.NAME
+
+    def summary(self, row: dict) -> str:
+        return ""
+
+    def final_summary(self, row: dict) -> str:
+        return self.summary(row)
