@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 
-import torch
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from resnetkit._helpers import machine_info
+from resnetkit._helpers import machine_line as _machine_line
 
 
 def machine_line(threads: int | None = None) -> str:
-    import torchvision
-
-    dev = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
-    return (f"machine: {dev}, {os.cpu_count()} logical cores, threads={threads or torch.get_num_threads()} | "
-            f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+    """The hardware and versions a table was measured on (resnetkit's one machine description)."""
+    return _machine_line(machine_info(threads))
 
 
 def interleaved(fns: dict, trials: int, warmup: int = 2) -> dict[str, list[float]]:

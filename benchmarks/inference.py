@@ -30,9 +30,11 @@ from pathlib import Path
 import torch
 import torchvision
 
-from resnetkit.bench.timing import format_table, machine_info, summarize, time_fn
-from resnetkit.export.backends import OrtBackend, make_backend, ort_session
+from resnetkit.bench import format_table, machine_info, time_fn
+from resnetkit.bench.timing import summarize
+from resnetkit.export.backends import OrtBackend, make_backend
 from resnetkit.export.formats import export_model
+from resnetkit.export.ort import ort_session
 from resnetkit.models import create_model
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_line  # noqa: E402
 
-from resnetkit.segmentation.shapes import SHAPE_CLASSES, make_shapes  # noqa: E402
-from resnetkit.segmentation.train import resolve, train_segmentation  # noqa: E402
+from resnetkit.data.shapes import SHAPE_CLASSES, make_shapes  # noqa: E402
+from resnetkit.train import resolve, train  # noqa: E402
 
 TARGET = 0.80
 
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "model.output_stride": a.output_stride, "data.batch_size": a.batch_size,
                                     "optim.lr": a.lr, "schedule.budget_min": a.budget_min,
                                     "run.out": str(out / "run"), "run.seed": a.seed,
-                                    "run.threads": a.threads})
-    result = train_segmentation(cfg)
+                                    "run.threads": a.threads}, task="segmentation")
+    result = train(cfg)
     rows = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
 
     print()
