@@ -7,6 +7,7 @@ eval.json and samples/*.png.
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import shutil
@@ -65,8 +66,10 @@ def step(title: str, argv: list[str]) -> None:
 def demo() -> None:
     t0 = time.perf_counter()
     ensure_fashion_mnist()
-    if RUN.exists():  # the demo's own output from an earlier run
+    if (RUN / ".resnetkit-run").is_file():  # the demo's own run from an earlier time: start afresh
         shutil.rmtree(RUN)
+    elif RUN.exists() and any(RUN.iterdir()):
+        sys.exit(f"demo: {RUN} holds files that are not a resnetkit run; move them away and run `make demo` again")
     step("train", ["train", "--model", "resnet20", "--data", "fashion_mnist", "--budget-min", str(BUDGET_MIN),
                    "--out", str(RUN), "--batch-size", "128", "--lr", "0.1", "--amp", "bf16", "--channels-last",
                    "--set", "schedule.warmup_steps=100"])
@@ -74,8 +77,6 @@ def demo() -> None:
     samples = write_samples()
     print("\ntrue labels: " + ", ".join(f"{p.name}={label}" for p, label in samples))
     step("predict", ["predict", str(RUN / "samples"), "--weights", str(RUN / "model.safetensors"), "--top-k", "2"])
-    import json
-
     result = json.loads((RUN / "eval.json").read_text())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nFashion-MNIST test accuracy {100 * result['top1']:.2f}% (top-5 {100 * result['top5']:.2f}%); "
