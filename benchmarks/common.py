@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+
+import torch
 
 from resnetkit._helpers import machine_info
 from resnetkit._helpers import machine_line as _machine_line
@@ -12,6 +15,22 @@ from resnetkit._helpers import machine_line as _machine_line
 def machine_line(threads: int | None = None) -> str:
     """The hardware and versions a table was measured on (resnetkit's one machine description)."""
     return _machine_line(machine_info(threads))
+
+
+def forward_parser(description: str) -> argparse.ArgumentParser:
+    """The options every forward-pass comparison takes: batch, input size, threads, trials."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trials", type=int, default=10)
+    return ap
+
+
+def forward_setup(args: argparse.Namespace) -> None:
+    """Threads and seed fixed before any model is built, so both contenders start alike."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
 
 
 def interleaved(fns: dict, trials: int, warmup: int = 2) -> dict[str, list[float]]:

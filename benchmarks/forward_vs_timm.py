@@ -11,7 +11,6 @@ dependency (`pip install -e .[test]`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, machine_line, summarize  # noqa: E402
+from common import forward_parser, forward_setup, interleaved, machine_line, summarize  # noqa: E402
 
 from resnetkit.convert import from_timm  # noqa: E402
 
@@ -38,15 +37,10 @@ def fresh_timm(arch: str) -> torch.nn.Module:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--trials", type=int, default=10)
+    ap = forward_parser(__doc__)
     ap.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    forward_setup(args)
     x = torch.randn(args.batch, 3, args.size, args.size)
     rows = []
     machine = machine_line(args.threads)  # before the runs: its load average is the machine's, not ours

@@ -8,7 +8,6 @@ Prints a markdown table with images/s (median and mean +- sd) and the ratio ours
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,20 +15,14 @@ import torch
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleaved, machine_line, summarize  # noqa: E402
+from common import forward_parser, forward_setup, interleaved, machine_line, summarize  # noqa: E402
 
 from resnetkit.convert.torchvision import from_torchvision  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--size", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--trials", type=int, default=10)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = forward_parser(__doc__).parse_args()
+    forward_setup(args)
     tv = torchvision.models.resnet50().eval()
     ours = from_torchvision(tv.state_dict()).eval()
     x = torch.randn(args.batch, 3, args.size, args.size)

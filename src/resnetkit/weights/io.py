@@ -94,10 +94,6 @@ def _legacy_card(raw: dict, path: Path) -> ModelCard:
                                 "metrics": metrics, "extra": extra})
 
 
-def _header(path: Path) -> dict[str, str]:
-    return _open(path)[0]
-
-
 def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
     """(metadata, {tensor name: shape}) from the header alone."""
     if not path.is_file():
@@ -115,7 +111,7 @@ def _open(path: Path) -> tuple[dict[str, str], dict[str, tuple[int, ...]]]:
 def read_card(path: str | os.PathLike) -> ModelCard:
     """The ModelCard of a weights file (reads the header only, not the tensors)."""
     path = Path(path)
-    return _card(_header(path), path)
+    return _card(_open(path)[0], path)
 
 
 def _card(raw: dict[str, str], path: Path) -> ModelCard:
@@ -188,7 +184,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     """Copy a classification weights file (ours) into a segmentation model's `backbone`, dropping its
     logits. Every other tensor must fit the backbone exactly (CheckpointError). Returns the dropped keys."""
     path = Path(path)
-    raw = _header(path)
+    raw = _open(path)[0]
     card = _card(raw, path)  # checks that the file is ours
     if card.task != "classification":
         raise CheckpointError(f"{path}: holds {card.arch}, a {card.task} model, not a classification backbone")
