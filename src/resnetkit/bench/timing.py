@@ -56,22 +56,27 @@ def bench_backends(model: nn.Module, backends: list[str], *, batch: int, input_s
     """Measure `model` under each backend (and each `reference` module, eager) on a random batch.
 
     Returns one row per backend: name, setup_s, first_s, img_s (batch / median), median_ms, p90_ms,
-    mean_ms, std_ms, n. `calib` feeds onnxruntime-int8 (random images when None: speed only).
+    mean_ms, std_ms, n. `calib` feeds the int8 backends (random images when None: speed only); the
+    auto row is named "auto (CHOICE)" and its setup_s includes measuring the candidates.
     """
     if threads:
         torch.set_num_threads(threads)
     x = torch.randn(batch, in_chans, *input_size, generator=torch.Generator().manual_seed(0))
-    if calib is None and "onnxruntime-int8" in backends:
+    if calib is None and {"onnxruntime-int8", "int8"} & set(backends):
         calib = torch.randn(64, in_chans, *input_size, generator=torch.Generator().manual_seed(1))
     runs: list[tuple[str, Callable[[], nn.Module]]] = [
         (f"{name} (eager)", lambda m=m: m.eval()) for name, m in (reference or {}).items()]
-    runs += [(name, lambda name=name: make_backend(name, model, example=x[:2], threads=threads, calib=calib))
+    # `auto` checks its candidates against fp32 on the benchmark batch itself (or the card's training data).
+    runs += [(name, lambda name=name: make_backend(name, model, example=x[:2], threads=threads,
+                                                   calib=x if name == "auto" else calib, batch_size=batch))
              for name in backends]
     rows = []
     for name, build in runs:
         t0 = time.perf_counter()
         fn = build()
         setup = getattr(fn, "setup_s", time.perf_counter() - t0)
+        if name == "auto":  # what it chose, and what choosing cost (measuring every candidate, once)
+            name, setup = f"auto ({fn.decision['backend']})", time.perf_counter() - t0
         r = time_fn(fn, x, iters=iters, warmup=warmup)
         row = dict(backend=name, setup_s=setup, first_s=r["first_s"], img_s=batch / r["median_s"],
                    median_ms=1e3 * r["median_s"], p90_ms=1e3 * r["p90_s"], mean_ms=1e3 * r["mean_s"],

@@ -13,6 +13,7 @@ from resnetkit.bench import bench_backends, format_table, machine_info
 from resnetkit.cli.models import parse_size as _size
 from resnetkit.errors import UserError
 from resnetkit.export import BACKENDS, quantize
+from resnetkit.export.backends import unsupported
 from resnetkit.export.formats import DEFAULT_OPSET, export_file
 from resnetkit.export.ort import require_onnxruntime
 from resnetkit.models import create_model
@@ -20,7 +21,7 @@ from resnetkit.weights import input_shape, load
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BENCH_BACKENDS = "eager,channels_last,onnxruntime"
+DEFAULT_BENCH_BACKENDS = "eager,auto"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamic-size", action="store_true",
                    help="dynamic H and W for a classifier too (always on for fully convolutional models)")
     p.add_argument("--no-fold", action="store_true", help="keep batch norms (default: fold them into the convs)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: compute in bf16 behind fp32 inputs and outputs (exported-program, torchscript; "
+                        "ONNX Runtime's CPU provider cannot run bf16 convolutions, so not ONNX)")
     p.add_argument("--int8", action="store_true", help="ONNX only: also write an int8 model (static, QDQ, per channel)")
     p.add_argument("--calib-data", metavar="DATASET", help="dataset whose training images calibrate --int8 "
                    "(fashion_mnist, cifar10, folder:PATH, ...)")
@@ -51,8 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", type=_size, metavar="H[xW]", help="input size (default: the model's own)")
     p.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime (default: torch's)")
     p.add_argument("--backend", default=DEFAULT_BENCH_BACKENDS,
-                   help=f"comma-separated: eager, channels_last, compile, onnxruntime, onnxruntime-int8 "
-                        f"(default {DEFAULT_BENCH_BACKENDS})")
+                   help=f"comma-separated, from: {', '.join(BACKENDS)} (default {DEFAULT_BENCH_BACKENDS}: "
+                        "eager and what auto picks)")
     p.add_argument("--iters", type=int, default=20, help="timed calls per backend (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine description as JSON")
@@ -73,12 +77,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_file(args.weights, args.out, args.format, input_size=args.input, fold_bn=not args.no_fold,
                          dynamic_size=args.dynamic_size or None,
                          opset=args.opset if args.opset is not None else DEFAULT_OPSET, overwrite=args.overwrite,
-                         allow_nonfinite=args.allow_nonfinite)
+                         allow_nonfinite=args.allow_nonfinite, dtype=args.dtype)
     out = result["path"]
     worst = max((c["rel"] for c in result["checks"]), default=0.0)
     shapes = ", ".join("x".join(map(str, c["input"])) for c in result["checks"])
     dims = "batch, H, W" if result["dynamic_size"] else "batch"
-    print(f"wrote {out} ({args.format}, dynamic {dims}); checked against eager on {shapes}: "
+    print(f"wrote {out} ({args.format}, {args.dtype}, dynamic {dims}); checked against fp32 eager on {shapes}: "
           f"max relative error {worst:.2g}")
     if args.int8:
         _export_int8(args, load(args.weights, allow_nonfinite=args.allow_nonfinite), out)
@@ -108,6 +112,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise UserError(f"unknown backend {', '.join(unknown) or '(none)'}; choose from {', '.join(BACKENDS)}")
     if any(b.startswith("onnxruntime") for b in backends):
         require_onnxruntime()
+    for b in backends:  # refuse before building anything
+        if (why := unsupported(b)) is not None:
+            raise UserError(why)
     if args.batch < 1 or args.iters < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         raise UserError("--batch, --iters and --threads must be at least 1, --warmup at least 0")
     if args.json:
@@ -130,10 +137,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
                           threads=args.threads, iters=args.iters, warmup=args.warmup, reference=reference)
     baseline = next(iter(reference), None)
     print(format_table(rows, baseline=f"{baseline} (eager)" if baseline else "eager"))
-    print("img/s = batch / median call time; setup (fold/export/quantise) and the first call "
-          "(compilation) are excluded from the timings")
-    if "onnxruntime-int8" in backends:
-        print("onnxruntime-int8 was calibrated on random images: its speed is real, its accuracy is not "
+    print("img/s = batch / median call time; setup (fold/export/quantise; for auto: measuring its candidates) "
+          "and the first call (compilation) are excluded from the timings")
+    if "onnxruntime-int8" in backends or "int8" in backends:
+        print("int8 was calibrated on random images: its speed is real, its accuracy is not "
               "(use `resnetkit export --int8 --calib-data ... --eval-n N` for that)")
     if args.json:
         atomic_write_json(args.json, dict(model=name, batch=args.batch, input=size, machine=info, rows=rows))

@@ -95,7 +95,8 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
 def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last: bool = True,
                           compile: bool = False, check: bool = True,
                           example: torch.Tensor | None = None) -> nn.Module:
-    """A copy of `model` ready for inference: eval mode, BNs folded, channels-last weights, compiled.
+    """A copy of `model` ready for inference: eval mode, BNs folded, channels-last weights, compiled
+    (the backends run compiled models under inductor's freezing).
 
     With `check`, the prepared model is compared with the unprepared one on `example` (default: a
     small random input) and a ValueError is raised when the relative error exceeds PARITY_RTOL.
@@ -113,7 +114,7 @@ def prepare_for_inference(model: nn.Module, fold_bn: bool = True, channels_last:
         ref = model(x)
         out = prepared(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
         diff, rel = relative_error(out, ref)
-        log.info("prepare_for_inference: max abs diff %.3g (relative %.3g) vs the unprepared model", diff, rel)
+        log.debug("prepare_for_inference: max abs diff %.3g (relative %.3g) vs the unprepared model", diff, rel)
         if rel > PARITY_RTOL:
             raise ValueError(f"prepared model differs from the original: max abs diff {diff:.3g}, relative "
                              f"{rel:.3g} > {PARITY_RTOL}")

@@ -28,13 +28,15 @@ ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_path: str | None = None,
-                level: str = "all"):
+                level: str = "all", spinning: bool = True):
     """An ONNX Runtime CPU session tuned for throughput: all graph optimisations (conv+BN+ReLU fusion,
     NCHWc layouts), sequential execution, `threads` intra-op threads, no inter-op pool.
 
     `level` lowers the graph optimisation level ('basic': constant folding and conv+BN fusion only;
     'extended': plus fusions like conv+activation; 'all': plus the NCHWc blocked layout), for studies;
     `optimized_path` writes the optimised graph there, to see what ONNX Runtime made of the model.
+    `spinning=False` stops its idle threads from busy-waiting for work, which otherwise takes cores from
+    whatever runs between its calls (other backends, in a benchmark that alternates them).
     """
     ort = require_onnxruntime()
     opts = ort.SessionOptions()
@@ -46,6 +48,8 @@ def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_p
     opts.intra_op_num_threads = threads or torch.get_num_threads()
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

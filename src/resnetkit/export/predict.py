@@ -23,6 +23,7 @@ from tqdm import tqdm
 from resnetkit._helpers import atomic_write, check_output
 from resnetkit.data.folder import collect_images
 from resnetkit.errors import CheckpointError, ConfigError, DataError
+from resnetkit.export.auto import CALIB_N
 from resnetkit.export.backends import make_backend
 from resnetkit.export.tta import with_tta
 from resnetkit.weights import Preprocessing, load
@@ -76,11 +77,12 @@ def _rows(probs: torch.Tensor, names: list[str], top_k: int) -> list[list[dict]]
 
 
 @torch.no_grad()
-def predict(model: nn.Module | str | os.PathLike, images: list, *, top_k: int = 5, backend: str = "eager",
+def predict(model: nn.Module | str | os.PathLike, images: list, *, top_k: int = 5, backend: str = "auto",
             allow_nonfinite: bool = False, tta: str | None = None) -> list[dict]:
     """Classify `images` (paths, folders or PIL images) with the model's own preprocessing.
 
-    `model` is a loaded model with a card, or the path of a weights file. Returns one
+    `model` is a loaded model with a card, or the path of a weights file; `backend` is one of
+    resnetkit.export.BACKENDS (`auto`: see resnetkit.export.auto). Returns one
     {"image", "predictions": [{"class", "index", "prob"}, ...]} per image, best first. An unreadable
     file raises a ConfigError naming it.
     """
@@ -93,14 +95,15 @@ def predict(model: nn.Module | str | os.PathLike, images: list, *, top_k: int = 
         else:
             items += [(str(f), f) for f in collect_images([im])]
     x = torch.stack([pre(im) for _, im in items])  # (N, C, H, W); a DataError names an unreadable file
-    probs = with_tta(make_backend(backend, model, example=x[:2]), tta)(x).float().softmax(dim=1)
+    run = make_backend(backend, model, example=x[:2], calib=x, n_images=len(x), batch_size=len(x))
+    probs = with_tta(run, tta)(x).float().softmax(dim=1)
     names = _class_names(model, probs.shape[1])
     return [{"image": name, "predictions": preds} for (name, _), preds in zip(items, _rows(probs, names, top_k))]
 
 
 @torch.no_grad()
 def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.PathLike], out: str | os.PathLike, *,
-                   backend: str = "eager", batch_size: int = 64, workers: int = 2, top_k: int = 3,
+                   backend: str = "auto", batch_size: int = 64, workers: int = 2, top_k: int = 3,
                    threads: int | None = None, progress: bool = True, overwrite: bool = False,
                    allow_nonfinite: bool = False, tta: str | None = None) -> dict:
     """Classify every image under `inputs` and write one row per image to `out`.
@@ -117,8 +120,10 @@ def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.P
     pre = _preprocessing(model)
     files = collect_images(inputs)
     data = _Images(files, pre)
-    run = with_tta(make_backend(backend, model, example=torch.randn(2, pre.channels, *pre.size), threads=threads),
-                   tta)
+    # `auto` decodes its calibration images only if it has to measure (no cached decision).
+    calib = lambda: torch.stack([data[i][0] for i in range(min(len(data), CALIB_N))])  # noqa: E731
+    run = with_tta(make_backend(backend, model, example=torch.randn(2, pre.channels, *pre.size), threads=threads,
+                                calib=calib, n_images=len(files), batch_size=batch_size), tta)
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
     jsonl = out.suffix.lower() == ".jsonl"
     failed, i = 0, 0

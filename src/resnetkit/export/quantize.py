@@ -1,12 +1,12 @@
-"""int8 post-training quantisation with ONNX Runtime: static, QDQ format, per-channel weights.
-
-Why ONNX Runtime and not PyTorch's PT2E x86 flow: our fastest fp32 CPU path is already ONNX Runtime on
-the folded export, its int8 convolutions use VNNI where the CPU has it, and the QDQ model stays one
-portable .onnx file. (benchmarks/inference.py measures the int8 row against the fp32 ones.)
+"""int8 post-training quantisation, two ways: ONNX Runtime (static, QDQ format, per-channel weights: one
+portable .onnx file, `resnetkit export --int8`) and PyTorch's own x86 flow (PT2E with the X86 inductor
+quantiser, then torch.compile: the `int8` backend). Both run their int8 convolutions on VNNI where the
+CPU has it. (benchmarks/inference.py measures both against the fp32 rows.)
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import os
@@ -19,7 +19,7 @@ from torch import nn
 
 from resnetkit._helpers import atomic_write, check_output
 from resnetkit.data import load_dataset, normalize
-from resnetkit.errors import ConfigError
+from resnetkit.errors import ConfigError, DependencyError
 from resnetkit.export.ort import ort_session, quiet, require_onnxruntime
 from resnetkit.weights import Preprocessing
 
@@ -76,6 +76,39 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calib: torch.T
                             per_channel=per_channel, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8)
     return dst
+
+
+TORCHAO_HINT = "pip install 'resnetkit[int8]' (torchao)"
+
+
+@torch.no_grad()
+def quantize_pt2e(model: nn.Module, calib: torch.Tensor, batch_size: int = 32) -> nn.Module:
+    """`model` quantised to int8 by PyTorch's PT2E flow for x86 and compiled; run under inductor's
+    freezing (the int8 backend does), inductor lowers the quantised convolutions to oneDNN's int8
+    kernels. Weights: int8 per channel; activations: uint8, calibrated on `calib` (N, C, H, W). The
+    batch dimension stays dynamic in the graph.
+
+    PT2E moved from torch.ao to torchao (torch 2.10 and later), hence the optional dependency. The
+    graph is captured with strict (dynamo) export: the quantiser finds convolutions and ReLUs by the
+    source metadata that only dynamo records.
+    """
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        raise DependencyError(f"the int8 backend needs torchao: {TORCHAO_HINT}") from None
+    if calib.ndim != 4 or len(calib) < 2:
+        raise ConfigError(f"calibration images must be an (N, C, H, W) batch with N >= 2, got {tuple(calib.shape)}")
+    device = next(model.parameters()).device
+    batches = calib.to(device).split(batch_size)
+    # torch.export specialises dimensions of size 1, so the example batch has at least 2 images.
+    graph = torch.export.export(copy.deepcopy(model).eval(), (calib[:2].to(device),), strict=True,
+                                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},)).module()
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(graph, quantizer)
+    for b in batches:
+        prepared(b)  # observers record activation ranges
+    return torch.compile(convert_pt2e(prepared))
 
 
 @torch.no_grad()

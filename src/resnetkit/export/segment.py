@@ -20,6 +20,8 @@ from resnetkit._helpers import atomic_save_image, check_output
 from resnetkit.data.folder import collect_images
 from resnetkit.data.segmentation import normalize_one, palette_png, read_image, voc_palette
 from resnetkit.errors import CheckpointError, ConfigError
+from resnetkit.export.auto import SEG_CALIB_N
+from resnetkit.export.backends import make_backend
 from resnetkit.weights import load
 
 
@@ -36,10 +38,15 @@ def predict_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     stride*k + 1, run, upsample with align_corners=True, and crop back to (H, W).
     """
     h, w = x.shape[-2:]
+    return model(_aligned(model, x))[..., :h, :w]
+
+
+def _aligned(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`x` zero-padded bottom/right to the model's aligned size."""
+    h, w = x.shape[-2:]
     s = getattr(model, "output_stride", 32)
     ah, aw = aligned_size(h, s), aligned_size(w, s)
-    xp = F.pad(x, (0, aw - w, 0, ah - h)) if (ah, aw) != (h, w) else x
-    return model(xp)[..., :h, :w]
+    return F.pad(x, (0, aw - w, 0, ah - h)) if (ah, aw) != (h, w) else x
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -87,13 +94,15 @@ def output_names(files: list[Path]) -> dict[Path, str]:
 
 @torch.no_grad()
 def segment(model: nn.Module | str | os.PathLike, images: list[str | os.PathLike], out_dir: str | os.PathLike, *,
-            alpha: float = 0.5, overwrite: bool = False, allow_nonfinite: bool = False) -> list[dict]:
+            alpha: float = 0.5, overwrite: bool = False, allow_nonfinite: bool = False,
+            backend: str = "auto") -> list[dict]:
     """Segment each image (files or folders) and write OUT_DIR/NAME.png (palette mask, the format of VOC's
     SegmentationClass) and OUT_DIR/NAME_overlay.png (the classes' colours over the image).
 
     Inputs with the same stem get distinct names (`output_names`). No output may land inside an input
     folder, and existing files are replaced only with `overwrite`; both are checked before anything is
-    written. Returns one {"image", "mask", "overlay", "fractions": {class: share of pixels}} per image.
+    written. `backend` is one of resnetkit.export.BACKENDS (`auto` compares pixel agreement with fp32).
+    Returns one {"image", "mask", "overlay", "fractions": {class: share of pixels}} per image.
     """
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha {alpha}: choose a value in [0, 1]")
@@ -107,10 +116,14 @@ def segment(model: nn.Module | str | os.PathLike, images: list[str | os.PathLike
     for paths in plan.values():
         for p in paths.values():
             check_output(p, inputs=images, overwrite=overwrite)
+    # `auto` reads its calibration images (padded as predict_logits pads them) only if it has to measure.
+    calib = lambda: [_aligned(model, normalize_one(read_image(f), mean, std)[None])  # noqa: E731
+                     for f in files[:SEG_CALIB_N]]
+    run = make_backend(backend, model, calib=calib, n_images=len(files), batch_size=1)
     rows = []
     for f, paths in plan.items():
         im = read_image(f)  # (3, H, W) uint8
-        mask = predict_logits(model, normalize_one(im, mean, std)[None]).argmax(1)[0].to(torch.uint8).numpy()
+        mask = predict_logits(run, normalize_one(im, mean, std)[None]).argmax(1)[0].to(torch.uint8).numpy()
         atomic_save_image(palette_png(mask), paths["mask"])
         atomic_save_image(Image.fromarray(overlay(im.permute(1, 2, 0).numpy(), mask, alpha)), paths["overlay"])
         counts = np.bincount(mask.ravel(), minlength=len(names))
