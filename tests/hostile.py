@@ -83,3 +83,14 @@ def voc_copy(work: Path, split: str, mask=None, split_text: str | None = None) -
     if split_text is not None:
         (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(split_text)
     return root
+
+
+class StopAt:
+    """A Trainer hook that asks the run to stop (as SIGINT does) after optimizer step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, trainer):
+        if trainer.step == self.step:
+            trainer.request_stop()

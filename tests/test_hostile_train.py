@@ -21,12 +21,14 @@ import collections
 import dataclasses
 import errno
 import gzip
+import io
 import json
 import logging
 import os
 import pickle
 import shutil
 import struct
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,10 +40,11 @@ from safetensors.torch import save_file
 
 import resnetkit
 from resnetkit.data.shapes import make_shapes
+from resnetkit.data.shards import pack
 from resnetkit.train import Trainer, resolve
 from resnetkit.train.config import Origin
 from resnetkit.weights import save_weights
-from tests.hostile import assert_refused, copy, hashes, left_in, mat, run_cli, sandbox, voc_copy
+from tests.hostile import StopAt, assert_refused, copy, hashes, left_in, mat, run_cli, sandbox, voc_copy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,22 +76,13 @@ RUN_FLAGS = {"model.arch": "resnet20", "data.name": "digits", "data.subset": 64,
              "data.eval_subset": 32, "schedule.steps": 4, "run.threads": 1, "run.out": "run"}
 
 
-class _StopAt:
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step(self, trainer):
-        if trainer.step == self.step:
-            trainer.request_stop()
-
-
 @pytest.fixture(scope="module")
 def materials(tmp_path_factory, one_thread) -> Path:
     root = tmp_path_factory.mktemp("train-materials")
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        result = Trainer(resolve(flags=RUN_FLAGS), hooks=[_StopAt(3)]).fit()
+        result = Trainer(resolve(flags=RUN_FLAGS), hooks=[StopAt(3)]).fit()
     finally:
         os.chdir(cwd)
     assert result["interrupted"] and result["step"] == 3
@@ -415,7 +409,7 @@ FROZEN_CASES = {
     "model": (_resume("--model", "resnet32"), "--model resnet32: model.arch cannot change"),
     "data": (_resume("--data", "mnist"), "--data mnist: data.name cannot change"),
     "seed": (_resume("--seed", "7"), "--seed 7: run.seed cannot change"),
-    "amp": (_resume("--amp", "bf16"), "--amp bf16: run.amp cannot change"),
+    "amp": (_resume("--amp", "fp16"), "--amp fp16: run.amp cannot change"),
     "deterministic": (_resume("--deterministic"), "--deterministic: run.deterministic cannot change"),
     "set-momentum": (_resume("--set", "optim.momentum=0.5"), "--set optim.momentum=0.5: optim.momentum cannot"),
     "set-schedule": (_resume("--set", "schedule.name=step"), "schedule.name cannot change"),
@@ -522,7 +516,80 @@ def _folder_set(w: Path) -> Path:
     return root
 
 
+def _jpeg_folder(w: Path, bad: dict[str, bytes] | None = None, classes=("a", "b")) -> Path:
+    """imgs/train/CLASS/*.jpg and imgs/val/CLASS/*.jpg (tiny), plus `bad` files (relative path -> bytes)."""
+    root = w / "imgs"
+    for split in ("train", "val"):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            Image.fromarray(np.full((12, 12, 3), 90, np.uint8)).save(root / split / cls / "ok.jpg")
+    for rel, data in (bad or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def _stream(data: Callable[[Path], str], *extra: str) -> Callable:
+    return lambda w, c: ["train", "--data", data(w), "--stream", "on", "--workers", "0", "--batch-size", "2",
+                         "--set", "data.train_crop=8", "--set", "schedule.steps=1", "--out", "out", *extra]
+
+
+def _imagenet(w: Path, *, truth: bool = True, folder: str = "n01440764") -> str:
+    root = w / "in"
+    for split in ("train/" + folder, "val"):
+        (root / split).mkdir(parents=True)
+    for i in range(2):
+        Image.new("RGB", (12, 12)).save(root / "train" / folder / f"{i}.JPEG")
+        Image.new("RGB", (12, 12)).save(root / "val" / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    if truth:
+        (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(
+            f"ILSVRC2012_val_{i + 1:08d},n01440764 1 1 2 2\n" for i in range(2)))
+    return f"imagenet:{root}"
+
+
+def _shards_without_cls(w: Path) -> str:
+    pack(_jpeg_folder(w), w / "sh")
+    tar = w / "sh" / "train-000000.tar"
+    with tarfile.open(tar) as t:
+        members = [(m, t.extractfile(m).read()) for m in t.getmembers()]
+    with tarfile.open(tar, "w") as t:
+        for m, data in members:
+            if not m.name.endswith(".cls"):
+                t.addfile(m, io.BytesIO(data))
+    return f"shards:{tar}"
+
+
+def _empty_classes(w: Path) -> str:
+    (w / "empty" / "a").mkdir(parents=True)
+    (w / "empty" / "a" / "notes.txt").write_text("no images here")
+    return f"folder:{w / 'empty'}"
+
+
+JPEG_START = b"\xff\xd8\xff\xe0"  # a JPEG's first bytes, and nothing after
+# Also in val/: evaluation reads every image, so strict=True meets them whichever images training draws.
+UNREADABLE_CLASS = {"train/c/zero.jpg": b"", "train/c/cut.jpg": JPEG_START, "val/c/zero.jpg": b""}
+TRUNCATED = {"train/a/cut.jpg": JPEG_START, "val/a/cut.jpg": JPEG_START}
+STREAM_CASES = {
+    "stream-folder-without-images": (_stream(_empty_classes), "hold no images"),
+    "stream-class-of-unreadable-images-strict": (
+        _stream(lambda w: f"folder:{_jpeg_folder(w, UNREADABLE_CLASS)}", "--strict"), "unreadable image"),
+    "stream-truncated-jpeg-strict": (_stream(lambda w: f"folder:{_jpeg_folder(w, TRUNCATED)}", "--strict"),
+                                     "cut.jpg: unreadable image"),
+    "stream-on-a-named-dataset": (_stream(lambda w: "digits"), "--stream on"),
+    "stream-val-folder-missing": (_stream(lambda w: f"folder:{_jpeg_folder(w)}", "--val", "/nonexistent/val"),
+                                  "val_path /nonexistent/val: no such directory"),
+    "imagenet-without-ground-truth": (_stream(lambda w: _imagenet(w, truth=False)), "ground truth was not found"),
+    "imagenet-unknown-synset-folder": (_stream(lambda w: _imagenet(w, folder="cats")),
+                                       "are not ILSVRC-2012 synsets"),
+    "imagenet-without-train": (_stream(lambda w: f"imagenet:{w}"), "no train/ folder"),
+    "shards-missing-cls-strict": (_stream(_shards_without_cls, "--strict"), "has no .cls label"),
+    "shards-missing-file": (_stream(lambda w: f"shards:{w}/none-{{000000..000003}}.tar"),
+                            "4 of 4 shards do not exist"),
+}
+
+
 DATA_CASES = {
+    **STREAM_CASES,
     "idx-train-label-out-of-range": (_fm(train_labels=np.array([0, 1, 200, 3])), "outside the 10 classes"),
     "idx-test-label-out-of-range": (_fm(test_labels=np.array([0, 1, 99])), "outside the 10 classes"),
     "idx-label-count-mismatch": (_fm(train_labels=np.array([0, 1])), "4 images but 2 labels"),

@@ -58,6 +58,13 @@ class ImageSet:
         return ImageSet(self.images[:n], self.labels[:n], self.class_names, self.mean, self.std,
                         self.pad, self.flip, self.info)
 
+    def eval_batches(self, part: int, parts: int, batch_size: int):
+        """Evaluation batches of this process's contiguous slice (part of parts): (uint8 (B, C, H, W), labels),
+        as the streamed sets give them."""
+        lo, hi = len(self) * part // parts, len(self) * (part + 1) // parts
+        for i in range(lo, hi, batch_size):
+            yield self.images[i:min(i + batch_size, hi)], self.labels[i:min(i + batch_size, hi)]
+
     def preprocessing(self) -> Preprocessing:
         """What predict must do to a new image: resize, channel count, normalisation constants."""
         return Preprocessing(size=self.size, mean=self.mean, std=self.std,
@@ -220,20 +227,41 @@ def load_digits() -> tuple[ImageSet, ImageSet]:
     return (_set(x[train], y[train], names, mean, std, 1, False), _set(x[test], y[test], names, mean, std, 1, False))
 
 
-def load_image_folder(root: str, size: int, channels: int, strict: bool) -> tuple[ImageSet, ImageSet]:
-    """ROOT/train/CLASS/* and ROOT/{val,test}/CLASS/* if present, else a fixed 90/10 split of ROOT."""
+def folder_splits(root: str | Path, val: str | None = None) -> tuple[Path, Path | None]:
+    """(train folder, val folder or None for a fixed 90/10 split of the train folder) of an image folder:
+    `val` if given, else ROOT/train with ROOT/val or ROOT/test when both exist, else ROOT alone."""
     root_p = Path(root)
     if not root_p.is_dir():
         raise MissingFileError(f"{root}: no such directory; pass an ImageFolder layout ROOT/CLASS/IMAGE")
+    if val is not None:
+        if not Path(val).is_dir():
+            raise MissingFileError(f"val_path {val}: no such directory; pass an ImageFolder layout VAL/CLASS/IMAGE")
+        return root_p, Path(val)
     test_dir = next((root_p / s for s in ("val", "test") if (root_p / s).is_dir()), None)
     if (root_p / "train").is_dir() and test_dir is not None:
-        x_tr, y_tr, names = folder.read_folder(root_p / "train", size, channels, strict)
+        return root_p / "train", test_dir
+    return root_p, None
+
+
+def split_90_10(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) positions of the fixed 90/10 split of a folder without a val split (seed 0)."""
+    perm = np.random.RandomState(0).permutation(n)
+    n_test = max(1, n // 10)
+    return perm[n_test:], perm[:n_test]
+
+
+def load_image_folder(root: str, size: int, channels: int, strict: bool,
+                      val: str | None = None) -> tuple[ImageSet, ImageSet]:
+    """ROOT/train/CLASS/* and ROOT/{val,test}/CLASS/* if present (or the `val` folder), else a fixed 90/10
+    split of ROOT."""
+    train_dir, test_dir = folder_splits(root, val)
+    if test_dir is not None:
+        x_tr, y_tr, names = folder.read_folder(train_dir, size, channels, strict)
         x_te, y_te, _ = folder.read_folder(test_dir, size, channels, strict, classes=names)
     else:
-        x, y, names = folder.read_folder(root_p, size, channels, strict)
-        perm = np.random.RandomState(0).permutation(len(y))
-        n_test = max(1, len(y) // 10)
-        x_te, y_te, x_tr, y_tr = x[perm[:n_test]], y[perm[:n_test]], x[perm[n_test:]], y[perm[n_test:]]
+        x, y, names = folder.read_folder(train_dir, size, channels, strict)
+        tr, te = split_90_10(len(y))
+        x_te, y_te, x_tr, y_tr = x[te], y[te], x[tr], y[tr]
     xf = x_tr.astype(np.float64) / 255
     mean = tuple(float(m) for m in xf.mean(axis=(0, 2, 3)))
     std = tuple(float(s) + 1e-6 for s in xf.std(axis=(0, 2, 3)))
@@ -245,14 +273,16 @@ def load_image_folder(root: str, size: int, channels: int, strict: bool) -> tupl
 
 ALIASES = {"fashion-mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "cifar-10": "cifar10",
            "cifar-100": "cifar100"}
-DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "folder:PATH")  # as users type them
+DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "folder:PATH", "imagenet:PATH",
+            "shards:PATTERN")  # as users type them
 
 
 def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32, channels: int = 3,
-                 strict: bool = False) -> tuple[ImageSet, ImageSet]:
-    """(train, test) for a dataset name, `folder:PATH`, or a path to an ImageFolder directory.
+                 strict: bool = False, val: str | None = None) -> tuple[ImageSet, ImageSet]:
+    """(train, test) in memory for a dataset name, `folder:PATH`, or a path to an ImageFolder directory.
 
-    image_size / channels / strict apply to image folders only.
+    image_size / channels / strict / val (a separate validation folder) apply to image folders only;
+    resnetkit.data.sources.load_classification also streams folders, imagenet: and shards: data.
     """
     name = ALIASES.get(spec.lower(), spec.lower())
     if name in IDX_DATASETS:
@@ -262,6 +292,6 @@ def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32
     if name == "digits":
         return load_digits()
     if spec.startswith("folder:") or os.sep in spec or Path(spec).is_dir():
-        return load_image_folder(spec.removeprefix("folder:"), image_size, channels, strict)
-    hint = did_you_mean(spec, DATASETS[:-1], "")
+        return load_image_folder(spec.removeprefix("folder:"), image_size, channels, strict, val)
+    hint = did_you_mean(spec, DATASETS[:-3], "")
     raise ConfigError(f"unknown dataset {spec!r}; {hint + ' ' if hint else ''}choose one of {', '.join(DATASETS)}")

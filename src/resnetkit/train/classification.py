@@ -1,29 +1,50 @@
-"""The classification task: an in-memory ImageSet, batched augmentation on the device, cross-entropy."""
+"""The classification task: an in-memory ImageSet (batched augmentation on the device) or a streamed set
+(StreamSet, ShardSet: DataLoader workers decode uint8 batches), MixUp/CutMix on the device, cross-entropy."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import torch
 import torch.nn.functional as F
 
-from resnetkit.data import BatchAugment, ImageSet, load_dataset, normalize
-from resnetkit.errors import ConfigError, MissingFileError
+from resnetkit.data import BatchAugment, ImageSet, MixAugment, StreamOptions, load_classification, normalize
+from resnetkit.data.sources import with_background
+from resnetkit.errors import ConfigError, DataError, MissingFileError
+from resnetkit.models import model_defaults
+from resnetkit.train import finetune
 from resnetkit.train.config import TrainConfig, config_error
 from resnetkit.train.distributed import Dist
 from resnetkit.train.evaluate import evaluate
 from resnetkit.train.report import Panel
 from resnetkit.train.task import Task, build
 
+log = logging.getLogger("resnetkit.train")
 
-def load_data(cfg: TrainConfig) -> tuple[ImageSet, ImageSet]:
-    """(train, eval) sets as `cfg.data` asks: the hold-out is taken from the whole training split, before
-    `subset` picks the first images of what is left; `eval_subset` keeps the first eval images."""
+
+def stream_options(c) -> StreamOptions:
+    """The streaming side of a ClassificationDataConfig (train_crop 0 means 224 when streamed)."""
+    return StreamOptions(stream=c.stream, train_crop=c.train_crop or 224, eval_resize=c.eval_resize,
+                         eval_crop=c.eval_crop, crop_min_scale=c.crop_min_scale,
+                         flip=True if c.flip is None else c.flip, auto_augment=c.auto_augment,
+                         random_erase=c.random_erase, draft=c.draft, workers=c.workers, val_path=c.val_path)
+
+
+def load_data(cfg: TrainConfig):
+    """(train, eval) sets as `cfg.data` asks, in memory (ImageSet) or streamed (resnetkit.data.sources): the
+    hold-out is taken from the whole training split, before `subset` picks the first images of what is left;
+    `eval_subset` keeps the first eval images."""
     c = cfg.data
     try:
-        train, test = load_dataset(c.name, c.data_dir, image_size=c.image_size, channels=c.channels, strict=c.strict)
+        train, test = load_classification(c.name, c.data_dir, image_size=c.image_size, channels=c.channels,
+                                          strict=c.strict, options=stream_options(c))
     except (ConfigError, MissingFileError) as e:  # an unknown dataset, a missing folder: say which keys
-        raise config_error(str(e), ("data.name", "data.data_dir"), cls=type(e)) from None
+        raise config_error(str(e), ("data.name", "data.data_dir", "data.stream", "data.val_path"),
+                           cls=type(e)) from None
+    if c.holdout and not isinstance(train, ImageSet):
+        raise config_error("data.holdout works on data held in memory; streamed data takes its validation split "
+                           "from the data (val/, data.val_path)", ("data.holdout", "data.stream"))
     if c.holdout:
         n = c.holdout
         if n > len(train) - c.batch_size:
@@ -49,30 +70,109 @@ class ClassificationTask(Task):
         super().__init__(cfg, device)
         self.train_set, self.eval_set = load_data(cfg)
         t, c = self.train_set, cfg.data
-        self.aug = BatchAugment(pad=t.pad if c.pad is None else c.pad, flip=t.flip if c.flip is None else c.flip,
-                                cutout=c.cutout)
-        # The whole uint8 split lives on the training device; batches are gathered and augmented there.
-        self.images, self.labels = t.images.to(device), t.labels.to(device)
+        self.streamed = not isinstance(t, ImageSet)
+        if self.streamed:  # DataLoader workers decode this rank's micro-batches (begin_epoch starts them)
+            self.batches = None
+            if self._background():
+                self.train_set, self.eval_set = with_background(t), with_background(self.eval_set)
+                t = self.train_set
+                log.info("model.arch=%s has 1001 classes: ImageNet labels + 1 (class 0 = background)", cfg.model.arch)
+        else:
+            self.aug = BatchAugment(pad=t.pad if c.pad is None else c.pad, flip=t.flip if c.flip is None else c.flip,
+                                    cutout=c.cutout)
+            # The whole uint8 split lives on the training device; batches are gathered and augmented there.
+            self.images, self.labels = t.images.to(device), t.labels.to(device)
+        self.mix = MixAugment(c.mixup_alpha, c.cutmix_alpha, t.num_classes)
         self.mean, self.std = torch.tensor(t.mean, device=device), torch.tensor(t.std, device=device)
+
+    def _background(self) -> bool:
+        """TF-slim layouts have 1001 outputs, class 0 the background: ImageNet data then gets labels + 1."""
+        m = self.cfg.model
+        if self.train_set.info.get("kind") != "imagenet" or self.train_set.num_classes != 1000:
+            return False
+        k = m.kwargs.get("num_classes") if "num_classes" in m.kwargs else model_defaults(m.arch)["num_classes"]
+        return k == 1001
+
+    def check_micro_batch(self, n: int) -> None:
+        if self.mix.enabled and n % 2:
+            raise config_error(f"data.mixup_alpha / data.cutmix_alpha mix images in pairs; each process's "
+                               f"micro-batch of {n} images must be even", ("data.batch_size", "data.mixup_alpha",
+                                                                           "data.cutmix_alpha"))
+
+    def begin_epoch(self, epoch: int, start: int, d: Dist) -> None:
+        if self.streamed:
+            c = self.cfg.data
+            self.batches = self.train_set.train_batches(self.cfg.run.seed, epoch, start, c.batch_size, d.rank,
+                                                        d.world, self.cfg.optim.grad_accum)
 
     def build_model(self) -> torch.nn.Module:
         m, t = self.cfg.model, self.train_set
-        return build(m.arch, "model.arch", m.kwargs, num_classes=t.num_classes, in_chans=t.in_chans)
+        # model.kwargs.num_classes may repeat the data's count (1001 asks ImageNet data for its background form)
+        kwargs = {k: v for k, v in m.kwargs.items() if not (k == "num_classes" and v == t.num_classes)}
+        model = build(m.arch, "model.arch", kwargs, num_classes=t.num_classes, in_chans=t.in_chans)
+        finetune.freeze_stages(model, m.freeze_stages)  # fresh and resumed runs alike
+        return model
+
+    def init_weights(self, model: torch.nn.Module) -> None:
+        """model.init: its weights (a new head when the class count differs) and, when its card has them
+        for as many channels, its normalisation: the backbone learnt its features on inputs scaled so.
+        The image size stays the data's (data.image_size for folders)."""
+        if self.cfg.model.init is None:
+            return
+        pre = finetune.init_from(model, self.cfg.model.init, self.cfg.model.arch).card.preprocessing
+        if pre is not None and pre.channels == self.train_set.in_chans:
+            self.set_normalization(pre.mean, pre.std)
+            log.info("normalising with the init weights' mean %s, std %s", list(pre.mean), list(pre.std))
+
+    def set_normalization(self, mean, std) -> None:
+        """Normalise training and evaluation inputs (and the saved card) with these per-channel values."""
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        self.train_set = dataclasses.replace(self.train_set, mean=mean, std=std)
+        self.eval_set = dataclasses.replace(self.eval_set, mean=mean, std=std)
+        self.mean, self.std = torch.tensor(mean, device=self.device), torch.tensor(std, device=self.device)
+
+    def state_dict(self) -> dict:
+        return {"mean": list(self.train_set.mean), "std": list(self.train_set.std)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mean") is not None:  # checkpoints from before fine-tuning keep the data's own values
+            self.set_normalization(state["mean"], state["std"])
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        return self.aug.sample(n, generator)
+        # Streamed images draw their own crops in the workers; the mixing draws come after the in-memory
+        # ones, so runs without mixing draw exactly what they drew before.
+        params = {} if self.streamed else self.aug.sample(n, generator)
+        return {**params, **self.mix.sample(n, generator)} if self.mix.enabled else params
 
     def batch(self, idx: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        sel = idx.to(self.device)
-        x = normalize(self.aug.crop_flip(self.images[sel], params), self.mean, self.std)  # (B, C, H, W)
-        return self.aug.apply_cutout(x, params), self.labels[sel]
+        if self.streamed:
+            x, y = self._next_streamed(idx)
+        else:
+            sel = idx.to(self.device)
+            x = normalize(self.aug.crop_flip(self.images[sel], params), self.mean, self.std)  # (B, C, H, W)
+            x, y = self.aug.apply_cutout(x, params), self.labels[sel]
+        return self.mix.apply(x, y, params) if self.mix.enabled else (x, y)
+
+    def _next_streamed(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loader's next micro-batch, normalised on the device; it must hold the images `idx` (folders) or
+        as many (shards)."""
+        # Outside an epoch (a probe such as precision.measure_channels_last): the first images.
+        item = next(self.batches) if self.batches is not None else self.train_set.first_batch(len(idx))
+        mismatch = ("idx" in item and not torch.equal(item["idx"], idx)) or len(item["y"]) != len(idx)
+        if self.batches is not None and mismatch:
+            raise DataError(f"the streamed batch does not match the trainer's ({len(item['y'])} images for "
+                            f"{len(idx)}); the data changed while training?")
+        x = item["x"].to(self.device, non_blocking=True)
+        return normalize(x, self.mean, self.std), item["y"].to(self.device, non_blocking=True)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # y: class indices (B,), or soft targets (B, K) under MixUp/CutMix
         return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.optim.label_smoothing)
 
     def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         n = torch.tensor(len(y), dtype=torch.float64, device=y.device)
-        return torch.stack([loss.double() * n, (out.argmax(1) != y).sum().double(), n])
+        hard = y.argmax(1) if y.dim() == 2 else y  # a mixed target counts as its larger part
+        return torch.stack([loss.double() * n, (out.argmax(1) != hard).sum().double(), n])
 
     def train_metrics(self, sums: torch.Tensor) -> dict:
         n = max(1.0, float(sums[2]))

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-from resnetkit.data import ImageSet, load_dataset, normalize
+from resnetkit.data import ImageSet, StreamOptions, load_classification, normalize, with_background
 from resnetkit.data.segmentation import IGNORE, SegSet, load_split, normalize_one
+from resnetkit.data.sources import kind_of
+from resnetkit.data.stream import EvalTransform
 from resnetkit.errors import ConfigError, DataError
 from resnetkit.export.backends import make_backend
 from resnetkit.export.segment import predict_logits
@@ -25,14 +26,8 @@ from resnetkit.export.tta import with_tta
 from resnetkit.train import distributed
 from resnetkit.train.distributed import Dist
 from resnetkit.train.metrics import confusion_matrix, scores
+from resnetkit.train.precision import autocast  # the one precision switch (also bf16/fp16)
 from resnetkit.weights import load
-
-
-def autocast(device: torch.device, amp: str):
-    """The one precision switch: bf16 autocast when asked, fp32 otherwise (no second code path)."""
-    if amp == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def _check_batch_size(batch_size: int) -> None:
@@ -41,26 +36,26 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 500, amp: str = "none",
+def evaluate(model: torch.nn.Module, data, *, batch_size: int = 500, amp: str = "none",
              channels_last: bool = False, d: Dist = Dist()) -> dict:
     """Classification: {"loss", "top1", "top5", "n", "confusion" (K, K) int64: rows true, columns predicted}.
 
-    `model` is a model or a backend (resnetkit.export.make_backend). Each DDP rank evaluates a
-    contiguous slice of the split; the sums are all-reduced.
+    `data` is an ImageSet or a streamed set (StreamSet, ShardSet: read by DataLoader workers); `model` is a
+    model or a backend (resnetkit.export.make_backend). Each DDP rank evaluates its part of the split
+    (`data.eval_batches`); the sums are all-reduced.
     """
     _check_batch_size(batch_size)
     model.eval()
     device = next(model.parameters()).device
     k = data.num_classes
     mean, std = torch.tensor(data.mean), torch.tensor(data.std)
-    n = len(data)
-    lo, hi = n * d.rank // d.world, n * (d.rank + 1) // d.world
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     top5 = torch.zeros((), dtype=torch.int64, device=device)
     confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
-    for i in range(lo, hi, batch_size):
-        x = normalize(data.images[i:min(i + batch_size, hi)].to(device), mean, std)
-        y = data.labels[i:min(i + batch_size, hi)].to(device)
+    for images, labels in data.eval_batches(d.rank, d.world, batch_size):  # uint8 (B, C, H, W), (B,)
+        if not len(labels):  # a streamed batch whose images were all unreadable (skipped and logged)
+            continue
+        x, y = normalize(images.to(device), mean, std), labels.to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
@@ -73,7 +68,7 @@ def evaluate(model: torch.nn.Module, data: ImageSet, *, batch_size: int = 500, a
     for t in (loss_sum, top5, confusion):
         distributed.all_reduce_sum(t, d)
     confusion = confusion.view(k, k).cpu()
-    correct = int(confusion.diag().sum())
+    correct, n = int(confusion.diag().sum()), int(confusion.sum())  # n: the images read (streamed: readable)
     return {"n": n, "loss": float(loss_sum) / max(1, n), "top1": correct / max(1, n), "top5": int(top5) / max(1, n),
             "confusion": confusion}
 
@@ -132,7 +127,10 @@ def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None
         if model.num_classes != test.num_classes or len(names) != test.num_classes:
             raise ConfigError(f"{weights} predicts {model.num_classes} classes but {data} has {test.num_classes} "
                               f"({', '.join(test.class_names)})")
-        run = with_tta(make_backend(backend, model), tta, segmentation=True)
+        mean_t, std_t = torch.tensor(pre.mean), torch.tensor(pre.std)
+        calib = lambda: [normalize_one(im, mean_t, std_t)[None] for im in test.images[:4]]  # noqa: E731 (auto only)
+        run = with_tta(make_backend(backend, model, calib=calib, n_images=len(test), batch_size=1), tta,
+                       segmentation=True)
         ev = evaluate_segmentation(run, test, pre.mean, pre.std, batch_size=min(batch_size, 64))
         if int(ev["confusion"].sum()) == 0:
             raise DataError(f"{data} {split}: no labelled pixels (every mask pixel is the ignore label "
@@ -141,16 +139,36 @@ def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None
                 "miou": ev["miou"], "pixel_acc": ev["pixel_acc"], "iou": dict(zip(names, ev["iou"])),
                 "confusion_matrix": ev["confusion"].tolist(), "class_names": names}
     c, h, w = (pre.channels, *pre.size) if pre is not None and pre.size else (model.in_chans, 32, 32)
-    _, test = load_dataset(data, data_dir, image_size=h, channels=c)
+    test = _eval_split(data, data_dir, pre, h, c, model.num_classes)
     names = list(card.class_names or test.class_names)
     if len(names) != test.num_classes:
         raise ConfigError(f"{weights} predicts {len(names)} classes but {data} has {test.num_classes}")
     if pre is not None:  # normalise as the model was trained, not with the dataset's own statistics
         test = dataclasses.replace(test, mean=pre.mean, std=pre.std)
-    run = with_tta(make_backend(backend, model, example=torch.randn(2, test.in_chans, *test.size)), tta)
+    calib = lambda: normalize(next(test.eval_batches(0, 1, 256))[0], torch.tensor(test.mean),  # noqa: E731
+                              torch.tensor(test.std))  # `auto` calls it only if it has to measure
+    run = with_tta(make_backend(backend, model, example=torch.randn(2, test.in_chans, *test.size), calib=calib,
+                                n_images=len(test), batch_size=batch_size), tta)
     ev = evaluate(run, test, batch_size=batch_size)
     cm = ev["confusion"].numpy()
     per_class = {n: float(cm[i, i] / max(1, cm[i].sum())) for i, n in enumerate(names)}
     return {"weights": str(weights), "data": str(data), "n": ev["n"], "top1": ev["top1"], "top5": ev["top5"],
             "loss": ev["loss"], "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
             "class_names": names}
+
+
+def _eval_split(data: str, data_dir: str | None, pre, size: int, channels: int, num_classes: int):
+    """The split `evaluate_file` reads: folders, imagenet: and shards: are streamed (resized and cropped as the
+    card's preprocessing says) when the card says how to crop, other data is held in memory at `size`."""
+    crops = pre is not None and bool(pre.resize or pre.crop or pre.crop_fraction)
+    options = StreamOptions(stream="on" if crops and kind_of(data) != "named" else "auto", train_crop=size)
+    _, test = load_classification(data, data_dir, image_size=size, channels=channels, options=options)
+    if isinstance(test, ImageSet):
+        return test
+    resize = None  # no crop in the card: squash the whole image to size x size
+    if pre is not None and pre.resize:
+        resize = round(pre.resize * size / (pre.crop or size))
+    elif pre is not None and pre.crop_fraction:
+        resize = round(size / pre.crop_fraction)
+    test = dataclasses.replace(test, eval_transform=EvalTransform(size, resize, channels))
+    return with_background(test) if num_classes == 1001 and test.num_classes == 1000 else test

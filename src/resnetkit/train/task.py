@@ -6,11 +6,14 @@ curves PNG and the final weights file. A task (ClassificationTask, SegmentationT
 its model, how a batch is made, the loss, its training sums, evaluation and what its weights file says.
 
 Contract, in the order the Trainer uses it:
-  Task(cfg, device)            load the data: `train_set` (len() images) and `eval_set`
+  Task(cfg, device)            load the data: `train_set` (len() images) and `eval_set`; `task.cfg` is
+                               the config to run: `cfg` with any automatic values filled from the data
   check_micro_batch(n)         refuse a per-process micro-batch of n images the model cannot train on
   build_model()                a new model on the CPU (the Trainer seeds the RNG first)
   init_weights(model)          fresh runs only: e.g. copy a backbone in; resumed runs get load_state_dict
   state_dict() / load_state_dict(state)   what the task must keep in the checkpoint (plain types)
+  begin_epoch(epoch, start, d) before the Trainer takes batch `start` on of `epoch` (loader.epoch_batches):
+                               a streaming task starts its DataLoader on this rank's micro-batches there
   sample(n, generator)         augmentation draws for a whole global batch of n images {name: (n, ...)}
   batch(idx, params)           (x, y) on the device for the images `idx` and their rows of `params`
   loss(out, y)                 the mean loss of a micro-batch (out: the model's raw, maybe bf16, output)
@@ -76,6 +79,9 @@ class Task:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+    def begin_epoch(self, epoch: int, start: int, d: Dist) -> None:
+        """Training is about to take global batches start, start + 1, ... of `epoch` (d: this process)."""
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
