@@ -1,18 +1,27 @@
-"""Training throughput: our in-memory batched augmentation vs a typical torchvision DataLoader pipeline.
+"""Training throughput of ResNet-20 on Fashion-MNIST, batch 128.
 
-Both feed ResNet-20 (1 input channel) on Fashion-MNIST, batch 128, with the same augmentation (pad 2 +
-random crop 28, horizontal flip, normalise). Reports data-only and full-training-step throughput as
-mean +- std over trials; warm-up steps are excluded and reported apart.
+Default (`--section step`): the Trainer's own training step (augmentation, forward, loss, backward,
+optimizer) with `resnetkit train`'s defaults (run.amp and run.channels_last "auto", fused SGD) against
+the earlier opt-in fast path (`--amp bf16 --channels-last`, per-tensor SGD), plain fp32, and the defaults
+with foreach SGD; trials interleaved so load from elsewhere hits every row alike.
+`--section optimizer`: the SGD step alone, per-tensor vs foreach vs fused.
+`--section pipeline`: our in-memory batched augmentation vs a typical torchvision DataLoader pipeline
+(pad 2 + random crop 28, horizontal flip, normalise), data only and with a training step.
+Mean +- std over trials; warm-up steps are excluded and reported apart.
 
-    .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--steps 30] [--trials 3]
+    flock /tmp/resnetkit-bench.lock .venv/bin/python benchmarks/train_throughput.py [--threads 2] [--steps 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import platform
 import statistics
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,6 +33,11 @@ from torchvision import transforms
 import resnetkit
 from resnetkit.data import BatchAugment, load_dataset, normalize
 from resnetkit.data.loader import derived_generator, epoch_batches
+from resnetkit.train import Trainer, resolve
+from resnetkit.train.optim import param_groups
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_line  # noqa: E402
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -85,8 +99,100 @@ def measure(batches, steps: int, warmup: int, model=None, channels_last=False, a
     return t_warm - t0, n / (t1 - t_warm)
 
 
+# row -> (flags for resolve, optimizer implementation: "foreach" | "for-loop" | "fused")
+STEP_ROWS = {
+    "defaults (amp auto, channels_last auto, fused SGD)": ({}, "fused"),
+    "earlier opt-in: --amp bf16 --channels-last, for-loop SGD": ({"run.amp": "bf16", "run.channels_last": True},
+                                                                "for-loop"),
+    "fp32, contiguous, for-loop SGD (the earlier default)": ({"run.amp": "none", "run.channels_last": False},
+                                                           "for-loop"),
+    "defaults with foreach SGD": ({}, "foreach"),
+}
+
+
+def make_trainer(flags: dict, impl: str, batch: int, workdir: Path):
+    """A Trainer of `resnetkit train --model resnet20 --data fashion-mnist` with `flags`, its SGD rebuilt
+    with the implementation `impl` over the same parameter groups."""
+    cfg = resolve(flags={"data.batch_size": batch, "schedule.epochs": 1, "run.out": str(workdir), **flags})
+    trainer = Trainer(cfg)
+    o = cfg.optim
+    kw = {"foreach": impl == "foreach", "fused": True if impl == "fused" else None}
+    trainer.optimizer = torch.optim.SGD(trainer.optimizer.param_groups, lr=o.lr, momentum=o.momentum,
+                                        nesterov=o.nesterov, **kw)
+    return trainer
+
+
+def step_section(args) -> None:
+    """The Trainer's step under each row's settings, trials interleaved across rows."""
+    b = args.batch_size
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {}
+        for i, (name, (flags, impl)) in enumerate(STEP_ROWS.items()):
+            if trainers and not flags:  # a variant of the defaults: the same choices as the first row, not
+                first = next(iter(trainers.values())).cfg.run  # a second (noisy) start-up measurement
+                flags = {"run.amp": first.amp, "run.channels_last": first.channels_last}
+            trainers[name] = make_trainer(flags, impl, b, Path(tmp) / str(i))
+        print(f"# {machine_line(args.threads)}")
+        print(f"# ResNet-20 (in_chans=1), Fashion-MNIST 28x28, batch {b}: Trainer.train_step, {args.steps} timed steps "
+              f"after {args.warmup} warm-up steps, {args.trials} interleaved trials; mean +- std (img/s)\n")
+        for name, t in trainers.items():
+            print(f"#   {name}: amp={t.cfg.run.amp} channels_last={t.cfg.run.channels_last}")
+        rates: dict[str, list[float]] = {k: [] for k in trainers}
+        warm: dict[str, float] = {}
+        for trial in range(args.trials):
+            for name, t in trainers.items():
+                batches = epoch_batches(len(t.task.train_set), b, trial, 0)
+                t.train_model.train()
+                t0 = time.perf_counter()
+                for _ in range(args.warmup):
+                    i, idx = next(batches)
+                    t.train_step(i, idx)
+                warm.setdefault(name, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    i, idx = next(batches)
+                    t.train_step(i, idx)
+                rates[name].append(args.steps * b / (time.perf_counter() - t0))
+    base = statistics.median(rates[next(iter(STEP_ROWS))])
+    print(f"\n| {'training step':<58} | {'median img/s':>12} | {'mean +- std':>14} | {'vs defaults':>11} | "
+          f"{'warm-up s':>9} |")
+    print(f"|{'-' * 60}|{'-' * 14}|{'-' * 16}|{'-' * 13}|{'-' * 11}|")
+    for name, r in rates.items():
+        sd = statistics.stdev(r) if len(r) > 1 else 0.0
+        print(f"| {name:<58} | {statistics.median(r):>12.0f} | {statistics.mean(r):>6.0f} +- {sd:>4.0f} | "
+              f"{statistics.median(r) / base:>10.2f}x | {warm[name]:>9.2f} |", flush=True)
+
+
+def optimizer_section(args) -> None:
+    """SGD's step alone over ResNet-20's parameters (with momentum and weight decay as the Trainer's groups
+    have them): per-tensor loop vs foreach vs fused, chunks of 20 steps interleaved, median per step."""
+    model = resnetkit.create_model("resnet20", num_classes=10, in_chans=1)
+    groups = param_groups(model, 1e-4, False)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    impls = {"for-loop": dict(foreach=False), "foreach": dict(foreach=True), "fused": dict(fused=True)}
+    opts = {k: torch.optim.SGD([dict(g) for g in groups], lr=0.1, momentum=0.9, **kw) for k, kw in impls.items()}
+    times = {k: [] for k in opts}
+    for _ in range(args.trials * 10):
+        for k, opt in opts.items():
+            t0 = time.perf_counter()
+            for _ in range(20):
+                opt.step()
+            times[k].append((time.perf_counter() - t0) / 20)
+    print(f"# {machine_line(args.threads)}")
+    print(f"# SGD step over ResNet-20's {sum(p.numel() for p in model.parameters()):,} parameters "
+          f"({len(list(model.parameters()))} tensors); {args.trials * 10} chunks of 20 steps, interleaved\n")
+    print(f"| {'SGD implementation':<20} | {'median ms/step':>14} | {'mean +- std':>16} |")
+    print(f"|{'-' * 22}|{'-' * 16}|{'-' * 18}|")
+    for k, ts in times.items():
+        ms = [1e3 * t for t in ts]
+        sd = statistics.stdev(ms) if len(ms) > 1 else 0.0
+        print(f"| {k:<20} | {statistics.median(ms):>14.3f} | {statistics.mean(ms):>7.3f} +- {sd:>5.3f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--section", choices=["step", "optimizer", "pipeline"], default="step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
@@ -94,6 +200,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="#   %(message)s")
+    if args.section == "step":
+        return step_section(args)
+    if args.section == "optimizer":
+        return optimizer_section(args)
     train, _ = load_dataset("fashion_mnist")
     b = args.batch_size
     pipelines = {

@@ -71,7 +71,7 @@ def demo() -> None:
     elif RUN.exists() and any(RUN.iterdir()):
         sys.exit(f"demo: {RUN} holds files that are not a resnetkit run; move them away and run `make demo` again")
     step("train", ["train", "--model", "resnet20", "--data", "fashion_mnist", "--budget-min", str(BUDGET_MIN),
-                   "--out", str(RUN), "--batch-size", "128", "--lr", "0.1", "--amp", "bf16", "--channels-last",
+                   "--out", str(RUN), "--batch-size", "128", "--lr", "0.1",  # precision: the defaults (auto)
                    "--set", "schedule.warmup_steps=100"])
     step("eval", ["eval", "--weights", str(RUN / "model.safetensors"), "--data", "fashion_mnist"])
     samples = write_samples()

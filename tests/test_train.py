@@ -208,7 +208,7 @@ def test_config_overrides_file_and_errors(tmp_path):
     for bad, msg in [("optim.lrr=1", "unknown key optim.lrr"), ("nope.x=1", "unknown section"),
                      ("optim.lr=fast", "optim.lr='fast' is not a valid number"), ("lr=1", "SECTION.KEY=VALUE"),
                      ("schedule.name=linear", "schedule.name='linear': choose step, cosine or onecycle"),
-                     ("run.amp=fp8", "run.amp='fp8': choose none or bf16"),
+                     ("run.amp=fp8", "run.amp='fp8': choose auto, none, bf16 or fp16"),
                      ("optim.grad_accum=3", "data.batch_size=128 must be a positive multiple of optim.grad_accum=3"),
                      ("data.path=x", "unknown key data.path for task classification")]:
         with pytest.raises(ConfigError, match=re.escape(msg)) as e:
@@ -268,12 +268,13 @@ def test_segmentation_config_and_task_in_files(tmp_path):
     f.write_text(json.dumps({"task": "segmentation", "data": {"path": "somewhere", "crop_size": 65}}))
     cfg = resolve(str(f), ["model.head=aspp"], {"schedule.steps": 5})
     assert cfg.task == "segmentation" and isinstance(cfg.model, SegmentationModelConfig)
-    assert (cfg.data.crop_size, cfg.model.head, cfg.optim.lr, cfg.run.out) == (65, "aspp", 0.01, "runs/segment")
+    # optim.lr None: chosen from the data when the run starts (resnetkit.train.seg_defaults)
+    assert (cfg.data.crop_size, cfg.model.head, cfg.optim.lr, cfg.run.out) == (65, "aspp", None, "runs/segment")
     # config.json / the checkpoint hold the task, so a resumed run is rebuilt as what it was.
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ConfigError, match="data.path is required"):
         resolve(None, [], {"schedule.steps": 5}, task="segmentation")
-    with pytest.raises(ConfigError, match="model.head='fpn': choose slim or aspp"):
+    with pytest.raises(ConfigError, match="model.head='fpn': choose slim, aspp or deeplabv3plus"):
         resolve(None, ["model.head=fpn"], {"schedule.steps": 5, "data.path": "x"}, task="segmentation")
     with pytest.raises(ConfigError, match="task='classification'"):
         resolve(str(f), [], {"schedule.steps": 5}, task="classification")  # a file of another task

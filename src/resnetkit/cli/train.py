@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from resnetkit.errors import ConfigError, MissingFileError, UserError
 from resnetkit.train import TrainConfig, run_config, train
 from resnetkit.train.config import RESUMABLE, config_error, load_config_file, resolve_with_origins
+from resnetkit.train.recipes import list_recipes, load_recipe
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -18,8 +20,12 @@ examples:
   resnetkit train --out runs/fm --resume          # continue exactly where the checkpoint left off
   resnetkit train --out runs/fm --resume --threads 4   # only where it runs may change on --resume
   torchrun --nproc_per_node 2 -m resnetkit train --data cifar10 --epochs 160 --out runs/c10
-  resnetkit train --task segmentation --data data/shapes --model resnet20 --head aspp --output-stride 4 \\
-      --crop-size 65 --batch-size 16 --epochs 10 --out runs/seg
+  resnetkit train --model resnet50 --data imagenet:/data/ILSVRC2012 --workers 8 --epochs 90 --out runs/in1k
+  torchrun --nnodes 2 --node_rank 0 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
+      -m resnetkit train --model resnet50 --data shards:'/data/in1k/train-{{000000..000146}}.tar' --out runs/in1k
+  resnetkit train --task segmentation --data data/shapes --budget-min 15 --out runs/seg   # settings from the data
+  resnetkit train --task segmentation --data data/shapes --head deeplabv3plus --loss ohem --budget-min 15 \\
+      --out runs/seg2                                  # any automatic setting can be given instead
 
 config sections for --set / --config: model, data, optim, schedule, run (RUN_DIR/config.json lists them all;
 a config file may also say task = "segmentation")
@@ -40,9 +46,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="default classification (or the --config file's task); segmentation: --data is a "
                         "VOC-layout folder (see `resnetkit data make-shapes`)")
     p.add_argument("--model", help="registered model name, e.g. resnet20 (segmentation: the backbone; default "
-                                   "resnet20, segmentation resnet18)")
-    p.add_argument("--data", help="fashion-mnist, mnist, cifar10, cifar100, digits, or folder:PATH (segmentation: "
-                                  "a VOC-layout or pairs-layout folder)")
+                                   "resnet20, segmentation auto)")
+    p.add_argument("--data", help="fashion-mnist, mnist, cifar10, cifar100, digits, folder:PATH (ROOT/CLASS/IMAGE, "
+                                  "optional ROOT/train + ROOT/val), imagenet:PATH (ILSVRC-2012 layout) or "
+                                  "shards:'DIR/train-{000000..000099}.tar' (`resnetkit data pack`); segmentation: a "
+                                  "VOC-layout or pairs-layout folder")
+    p.add_argument("--val", metavar="PATH", help="classification: a separate validation folder or shard pattern "
+                                                 "(data.val_path)")
+    p.add_argument("--stream", choices=["auto", "on", "off"],
+                   help="classification: read images lazily in DataLoader workers (on), hold them in memory (off), "
+                        "or choose by the data's size (default auto; the log says which; data.stream)")
+    p.add_argument("--workers", type=int, metavar="N", help="DataLoader workers for streamed data (default 4; "
+                                                           "data.workers)")
     p.add_argument("--data-dir", help="folder holding the dataset files (default: system folder, cache, download)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=float, help="train for N epochs")
@@ -54,11 +69,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, with its saved config (see below)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (0 = torch's default; run.threads)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default 128, segmentation 8)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1, segmentation 0.01)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default 128, segmentation auto)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 0.1, segmentation auto)")
     p.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
-    p.add_argument("--amp", choices=["none", "bf16"], help="bf16 autocast")
-    p.add_argument("--channels-last", action="store_true", default=None, help="NHWC memory format")
+    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"],
+                   help="autocast precision (default auto: bf16 where the device computes it natively, else none; "
+                        "fp16: CUDA, with a gradient scaler); the run log and config.json say what auto chose")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format (default auto: timed at start-up on a CPU, by capability on a GPU)")
+    p.add_argument("--init", metavar="FILE_OR_TAG",
+                   help="start from these weights: one of our weights files or a pretrained tag (a new classifier "
+                        "when the class count differs; segmentation: the backbone, as --backbone-weights)")
+    p.add_argument("--freeze-stages", type=int, metavar="N",
+                   help="freeze the stem and stages 1..N, BatchNorm statistics too (0 none; all stages: linear probe)")
+    p.add_argument("--head-lr-mult", type=float, metavar="X", help="the classifier's learning rate is X times the rest")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="default sgd (optim.name)")
+    p.add_argument("--recipe", metavar="NAME", help="start from a shipped recipe (`resnetkit recipes` lists them); "
+                                                    "--config, flags and --set override it, in that order")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-repeatable runs and resumes)")
@@ -68,33 +96,53 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override any config value, e.g. --set optim.lr=0.2 --set optim.grad_accum=2")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+    r = sub.add_parser("recipes", help="list the training recipes shipped with resnetkit (train --recipe NAME)")
+    r.set_defaults(func=cmd_recipes)
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    recipes = list_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, description in recipes.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Segmentation-only flags of `resnetkit train` (used with --task segmentation)."""
     g = p.add_argument_group("segmentation (--task segmentation)")
-    g.add_argument("--head", choices=["slim", "aspp"], help="slim: 1x1 logits; aspp: DeepLabv3 (default slim)")
-    g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32], help="backbone output stride (default 16)")
-    g.add_argument("--backbone-weights", metavar="FILE", help="classification model.safetensors for the backbone")
+    # Every default below is "auto": chosen from the data and the backbone at the start of the run, printed
+    # there with its reason, and written into RUN_DIR/config.json (resnetkit.train.seg_defaults).
+    g.add_argument("--head", choices=["slim", "aspp", "deeplabv3plus"],
+                   help="slim: 1x1 logits; aspp: DeepLabv3; deeplabv3plus: ASPP + decoder (default auto: aspp)")
+    g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32],
+                   help="backbone output stride (default auto: the coarsest leaving >= 16 feature cells)")
+    g.add_argument("--backbone-weights", metavar="FILE_OR_TAG",
+                   help="classification weights file or pretrained tag for the backbone (its logits are dropped)")
     g.add_argument("--freeze-bn", action="store_true", default=None,
                    help="keep the backbone's BatchNorm statistics frozen (small-batch fine-tuning)")
-    g.add_argument("--crop-size", type=int, help="training crop, ideally 32k+1 (default 321)")
-    g.add_argument("--min-scale", type=float, help="random scale range (default 0.5 .. 2.0)")
+    g.add_argument("--crop-size", type=int, help="training crop (default auto: stride*k+1 <= the images' median side)")
+    g.add_argument("--min-scale", type=float, help="random scale range (default auto: 0.75 .. 1.25 for crops holding "
+                                                   "the whole image, else 0.5 .. 2.0)")
     g.add_argument("--max-scale", type=float)
+    g.add_argument("--loss", choices=["ce", "weighted", "ohem"],
+                   help="cross-entropy: plain, class-weighted (inverse sqrt pixel share) or OHEM (default auto)")
 
 
 # argparse dest -> config key: for every task, then each task's own
 COMMON_FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out": "run.out", "seed": "run.seed",
                 "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
                 "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
-                "threads": "run.threads"}
+                "threads": "run.threads", "head_lr_mult": "optim.head_lr_mult", "optimizer": "optim.name"}
 TASK_FLAGS = {
     "classification": {"model": "model.arch", "data": "data.name", "data_dir": "data.data_dir",
-                       "strict": "data.strict"},
+                       "strict": "data.strict", "init": "model.init", "freeze_stages": "model.freeze_stages",
+                       "val": "data.val_path", "stream": "data.stream", "workers": "data.workers"},
     "segmentation": {"model": "model.backbone", "data": "data.path", "head": "model.head",
                      "output_stride": "model.output_stride", "backbone_weights": "model.backbone_weights",
                      "freeze_bn": "model.freeze_bn", "crop_size": "data.crop_size", "min_scale": "data.min_scale",
-                     "max_scale": "data.max_scale"},
+                     "max_scale": "data.max_scale", "loss": "model.loss",
+                     "init": "model.backbone_weights"},
 }
 
 
@@ -113,15 +161,21 @@ def cmd_train(args: argparse.Namespace) -> int:
             if args.task and args.task != saved.task:
                 raise UserError(f"--task {args.task} cannot change on --resume: the run in {out} is a {saved.task} "
                                 "run")
+            if args.recipe:
+                raise UserError(f"--recipe cannot be used with --resume: the run in {out} goes on with its saved "
+                                "config")
             flags = {"run.out": (out, f"--out {out}"), **_flags(args, saved.task)}  # where it is now
             cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), base=saved)
         else:
             task = args.task or (load_config_file(args.config).get("task") if args.config else None) or \
-                "classification"
+                (load_recipe(args.recipe).get("task") if args.recipe else None) or "classification"
             flags = _flags(args, task)
-            cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), task=task)
+            cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), task=task, recipe=args.recipe)
     except (ConfigError, MissingFileError) as e:
         raise _named(e, flags) from None
+    if args.dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
     try:
         result = train(cfg, resume=args.resume)
     except (ConfigError, MissingFileError) as e:  # a value only the data or the model can refuse (a batch
@@ -150,7 +204,9 @@ def _flags(args: argparse.Namespace, task: str) -> dict[str, tuple]:
     for dest, key in own.items():
         value = getattr(args, dest)
         if value is not None:
-            given[key] = (value, _flag(dest) if value is True else f"{_flag(dest)} {value}")
+            label = {True: _flag(dest), False: "--no-" + _flag(dest)[2:]}.get(value) if isinstance(value, bool) \
+                else f"{_flag(dest)} {value}"  # False only from --no-channels-last
+            given[key] = (value, label)
     if args.budget_min is not None:  # a budget replaces any length in epochs from a config file
         given["schedule.epochs"] = (0.0, f"--budget-min {args.budget_min}")
     return given
@@ -166,6 +222,8 @@ def _named(e: UserError, flags: dict[str, tuple]) -> UserError:
     for o in origins:
         if o.kind == "file":
             labels.append(f"--config {o.short()}")
+        elif o.kind == "recipe":
+            labels.append(f"--recipe {o.short()}")
         elif o.kind == "override":
             labels.append(f"--set {o.short()}")
         elif o.text in flags:

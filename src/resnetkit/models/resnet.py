@@ -307,7 +307,14 @@ class ResNet(nn.Module):
         return x, ep
 
     def reset_classifier(self, num_classes: int | None) -> None:
-        """Replace the logits layer (None removes it)."""
+        """Replace the logits layer with a new one of `num_classes` outputs (None removes it), initialised as
+        the builder does (PyTorch's default for the logits), on the old layer's device and dtype; `config`
+        follows, so a weights file saved afterwards describes the new head."""
+        old = self.logits.weight if self.logits is not None else next(self.parameters(), None)
+        kw = {"device": old.device, "dtype": old.dtype} if old is not None else {}
         self.num_classes = num_classes
-        self.logits = nn.Conv2d(self.num_features, num_classes, 1) if num_classes else None
+        self.logits = nn.Conv2d(self.num_features, num_classes, 1, **kw) if num_classes else None
+        config = getattr(self, "config", None)
+        if config is not None:
+            self.config = type(config)(config.arch, {**config.kwargs, "num_classes": num_classes})
 

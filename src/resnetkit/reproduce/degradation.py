@@ -29,7 +29,7 @@ from resnetkit.errors import ConfigError, OutputExistsError, UserError
 from resnetkit.models import create_model
 from resnetkit.reproduce import runner
 from resnetkit.train import rundir
-from resnetkit.train.config import TrainConfig, resolve
+from resnetkit.train.config import TrainConfig, fill_automatic, resolve
 
 log = logging.getLogger("resnetkit.reproduce")
 
@@ -120,9 +120,11 @@ def _finished_with(run_dir: Path, cfg: TrainConfig) -> bool:
     if not ((run_dir / "model.safetensors").is_file() and saved.is_file()):
         return False
     try:
-        return json.loads(saved.read_bytes()[:1 << 20].decode("utf-8")) == json.loads(json.dumps(cfg.to_dict()))
-    except (OSError, ValueError, RecursionError):
+        done = TrainConfig.from_dict(json.loads(saved.read_bytes()[:1 << 20].decode("utf-8")))
+    except (OSError, ValueError, RecursionError):  # ConfigError is a ValueError
         return False
+    # The run resolved its automatic values (precision) when it started: compare what it was asked to do.
+    return done == fill_automatic(done, cfg)
 
 
 def _train_one(recipe: Recipe, arch: str, out: Path) -> dict:

@@ -30,14 +30,22 @@ import tomllib
 
 from resnetkit._helpers import did_you_mean
 from resnetkit.errors import ConfigError, MissingFileError, UserError
+from resnetkit.train.recipes import load_recipe
 
 # -- the sections every task shares ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = 0.1  # He et al. 2016 CIFAR: 0.1 at batch 128
-    momentum: float = 0.9
+    name: str = "sgd"  # sgd | adamw
+    lr: float | None = 0.1  # He et al. 2016 CIFAR: 0.1 at batch 128; None: the task chooses (segmentation)
+    # > 0: the peak learning rate is lr_per_256 * data.batch_size / 256 (Goyal et al. 2017's linear scaling
+    # rule; resolve() writes the result into optim.lr). Whichever of lr and lr_per_256 is set last wins.
+    lr_per_256: float = 0.0
+    head_lr_mult: float = 1.0  # the classifier's learning rate is this times the schedule's (fine-tuning)
+    momentum: float = 0.9  # sgd
+    betas: tuple[float, ...] = (0.9, 0.999)  # adamw (Loshchilov & Hutter 2019)
+    eps: float = 1e-8  # adamw
     nesterov: bool = False
     weight_decay: float = 1e-4
     wd_norm_and_bias: bool = False  # also decay BatchNorm weights and biases
@@ -66,8 +74,11 @@ class RunConfig:
     out: str = "runs/train"
     seed: int = 0
     deterministic: bool = False
-    amp: str = "none"  # none | bf16
-    channels_last: bool = False
+    # auto: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX512-BF16 or AMX), else
+    # none (fp32); fp16: CUDA only, with a gradient scaler. A run records what auto resolved to.
+    amp: str = "auto"  # auto | none | bf16 | fp16
+    # auto: on a GPU by capability, on a CPU by timing a few steps each way at start-up (recorded, like amp)
+    channels_last: bool | str = "auto"  # true | false | "auto"
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 20  # steps between progress updates and non-finite checks
@@ -80,6 +91,10 @@ class RunConfig:
 class ClassificationModelConfig:
     arch: str = "resnet20"
     kwargs: dict = field(default_factory=dict)  # extra create_model arguments; num_classes/in_chans come from data
+    # Fine-tuning: start from one of our weights files or a pretrained catalogue tag (a new, randomly
+    # initialised classifier when the class count differs); a resumed run takes its weights from the checkpoint.
+    init: str | None = None
+    freeze_stages: int = 0  # 0 none; N: the stem and stages 1..N frozen, their BatchNorm statistics too
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
 
 
@@ -98,20 +113,38 @@ class ClassificationDataConfig:
     image_size: int = 32  # image folders only
     channels: int = 3  # image folders only
     strict: bool = False  # image folders: fail on an unreadable image instead of skipping it
+    # ImageNet-style augmentation (the streaming pipeline; 0 / "none" = off): RandomResizedCrop to train_crop,
+    # eval: resize the shorter side to eval_resize then center-crop eval_crop.
+    train_crop: int = 0
+    eval_resize: int = 0
+    eval_crop: int = 0
+    auto_augment: str = "none"  # none | trivialaugment | randaugment
+    random_erase: float = 0.0  # probability of RandomErasing per image
+    mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
+    cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off
+    # Streaming (folder:, imagenet:, shards:; resnetkit.data.sources): train_crop 0 means 224 there.
+    stream: str = "auto"  # auto | on | off: read images lazily in DataLoader workers, or hold them in memory
+    val_path: str | None = None  # a separate validation folder (or shard pattern)
+    workers: int = 4  # DataLoader worker processes for streamed data (0: decode in the training process)
+    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (1 with flip off: no augmentation)
+    draft: bool = True  # decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when the crop allows it
 
 
 # -- segmentation ------------------------------------------------------------------------------------
 
 
+# None means "auto": resnetkit.train.seg_defaults chooses the value from a look at the data and the backbone
+# before training and writes it into the run's config.json (so a resumed run uses exactly it).
 @dataclass(frozen=True)
 class SegmentationModelConfig:
-    backbone: str = "resnet18"
-    head: str = "slim"  # slim | aspp
-    output_stride: int = 16
-    backbone_weights: str | None = None  # a classification model.safetensors; its logits are dropped
+    backbone: str | None = None  # auto: resnet20 (CIFAR stem) for small images, resnet18 for large ones
+    head: str | None = None  # slim | aspp | deeplabv3plus; auto: aspp
+    output_stride: int | None = None  # auto: the coarsest the backbone reaches that leaves >= 16 feature cells
+    backbone_weights: str | None = None  # a classification weights file or a pretrained tag; logits dropped
     freeze_bn: bool = False  # backbone BN in eval mode (frozen statistics) while training
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
-    kwargs: dict = field(default_factory=dict)  # more create_model arguments (aspp_channels, ...)
+    kwargs: dict = field(default_factory=dict)  # more create_model arguments; auto: aspp_channels, aspp_rates
+    loss: str | None = None  # ce | weighted | ohem; auto: see seg_defaults.choose_loss
 
 
 @dataclass(frozen=True)
@@ -119,11 +152,11 @@ class SegmentationDataConfig:
     path: str = ""  # VOC-layout or pairs-layout folder
     train_split: str = "train"
     val_split: str = "val"
-    batch_size: int = 8  # global: summed over processes and accumulation steps
+    batch_size: int | None = None  # global: summed over processes and accumulation steps; auto: from the crop
     eval_batch_size: int = 16
-    crop_size: int = 321  # slim's 32k+1 (321 at output stride 8 -> 41x41 features)
-    min_scale: float = 0.5  # DeepLab's random scale range for VOC
-    max_scale: float = 2.0
+    crop_size: int | None = None  # auto: s*k+1 (output stride s), at most the images' median shorter side
+    min_scale: float | None = None  # random scale range; auto: 0.75-1.25 when the crop holds the whole image,
+    max_scale: float | None = None  # else DeepLab's 0.5-2.0
     flip: bool = True
     subset: int = 0  # train on the first N images only (0 = all)
     eval_subset: int = 0  # evaluate on the first N images of the val split only (0 = all)
@@ -132,9 +165,11 @@ class SegmentationDataConfig:
 # task -> (model section, data section, changed defaults of the shared sections)
 TASKS = {
     "classification": (ClassificationModelConfig, ClassificationDataConfig, {}),
-    # DeepLab: 0.007 at batch 16
+    # lr None: chosen from the batch size (seg_defaults.choose_lr); weight decay and warm-up as the shapes
+    # benchmark found best from scratch (DeepLab's 1e-4 assumes an ImageNet backbone)
     "segmentation": (SegmentationModelConfig, SegmentationDataConfig,
-                     {"optim": {"lr": 0.01}, "run": {"out": "runs/segment"}}),
+                     {"optim": {"lr": None, "weight_decay": 5e-4}, "schedule": {"warmup_steps": 50},
+                      "run": {"out": "runs/segment"}}),
 }
 
 
@@ -180,7 +215,10 @@ SECTIONS = ("model", "data", "optim", "schedule", "run")
 # stops (schedule.max_steps stops early while the learning rates follow the whole schedule, so moving it
 # changes no step). Any other change would make the continued run differ from the one its checkpoint began
 # (learning rates, data order, numerics), so it is refused by name.
-RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "schedule.max_steps")
+RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "data.workers", "schedule.max_steps")
+
+OPTIMIZERS = ("sgd", "adamw")
+AMP_MODES = ("auto", "none", "bf16", "fp16")
 
 # Upper bounds that only stop a typo from asking for years of training or terabytes of memory.
 MAX_STEPS = 10**9
@@ -204,15 +242,17 @@ def _short(value, limit: int = 60) -> str:
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a config value came from: a config `file` (text: its path), an `override` string (text: as
-    written, "optim.lr=0.2"), or a `flag`, a dotted key given to `resolve(flags=...)` (text: the key)."""
+    """Where a config value came from: a `recipe` (text: its name), a config `file` (text: its path), an
+    `override` string (text: as written, "optim.lr=0.2"), or a `flag`, a dotted key given to
+    `resolve(flags=...)` (text: the key)."""
 
     kind: str
     text: str
 
     def label(self) -> str:
         """How the library names it in a message; flags need no label (the message names the key)."""
-        return {"file": f"config file {self.short()}", "override": f"override {self.short()!r}"}.get(self.kind, "")
+        return {"file": f"config file {self.short()}", "override": f"override {self.short()!r}",
+                "recipe": f"recipe {self.short()}"}.get(self.kind, "")
 
     def short(self, limit: int = 80) -> str:
         """The text, cut short: an override of 10,000 brackets must not fill the one error line."""
@@ -274,7 +314,7 @@ def _coerce(value, tp, key: str):
                 try:
                     return _coerce(value, a, key)
                 except ConfigError:
-                    break
+                    continue  # the next type of the union (bool | str: true, false or "auto")
     elif tp is bool:
         if isinstance(value, bool):
             return value
@@ -398,36 +438,46 @@ def load_config_file(path: str) -> dict:
 
 
 def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | None = None, *,
-            task: str | None = None, base: TrainConfig | None = None) -> TrainConfig:
-    """Defaults <- config file <- `flags` {"optim.lr": 0.2} <- overrides ["optim.lr=0.2"] (later wins).
+            task: str | None = None, base: TrainConfig | None = None, recipe: str | None = None) -> TrainConfig:
+    """Defaults <- `recipe` (a TOML shipped in resnetkit.train.recipes) <- config file <- `flags`
+    {"optim.lr": 0.2} <- overrides ["optim.lr=0.2"] (later wins).
 
-    The task is `task`, else the file's "task", else classification; the result is checked (`check`).
+    The task is `task`, else the file's "task", else the recipe's, else classification; the result is
+    checked (`check`). optim.lr_per_256 > 0 sets optim.lr from data.batch_size (whichever of the two is
+    given later wins).
     `base`: start from this config instead of the defaults: a run's saved config when resuming it, where
     only the RESUMABLE keys may change (repeating a saved value is fine). Errors are ConfigErrors that
     name the key and carry where its value came from (see `config_error`)."""
-    return resolve_with_origins(file, overrides, flags, task=task, base=base)[0]
+    return resolve_with_origins(file, overrides, flags, task=task, base=base, recipe=recipe)[0]
 
 
 def resolve_with_origins(file: str | None = None, overrides: list[str] = (), flags: dict | None = None, *,
-                         task: str | None = None, base: TrainConfig | None = None
+                         task: str | None = None, base: TrainConfig | None = None, recipe: str | None = None
                          ) -> tuple[TrainConfig, dict[str, Origin]]:
     """`resolve`, also returning {dotted key: Origin} for every key that was set."""
     origins: dict[str, Origin] = {}
     loaded = load_config_file(file) if file else {}
     where = Origin("file", str(file)) if file else None
+    from_recipe = load_recipe(recipe) if recipe else {}
     if base is not None:
         cfg = base
     else:
         try:
-            cfg = TrainConfig.for_task(task or loaded.get("task") or "classification")
+            cfg = TrainConfig.for_task(task or loaded.get("task") or from_recipe.get("task") or "classification")
         except ConfigError as e:
             raise _relocated(e, () if task else (where,)) from None
 
     def apply(d: dict, origin: Origin) -> TrainConfig:
         new = apply_nested(cfg, d, (origin,))
         origins.update({f"{s}.{k}": origin for s, kv in d.items() if s in SECTIONS for k in kv})
+        optim = d.get("optim") if isinstance(d.get("optim"), dict) else {}
+        if "lr" in optim and "lr_per_256" not in optim and new.optim.lr_per_256 > 0:
+            # An explicit learning rate given after a per-256 one replaces it.
+            new = dataclasses.replace(new, optim=dataclasses.replace(new.optim, lr_per_256=0.0))
         return new
 
+    if recipe:
+        cfg = apply(from_recipe, Origin("recipe", recipe))
     if file:
         cfg = apply(loaded, where)
     for dotted, value in (flags or {}).items():
@@ -436,9 +486,13 @@ def resolve_with_origins(file: str | None = None, overrides: list[str] = (), fla
             cfg = apply({section: {key: value}}, Origin("flag", dotted))
     for text in overrides:
         cfg = apply(parse_override(text), Origin("override", text))
+    if _finite(cfg.optim.lr_per_256) and cfg.optim.lr_per_256 > 0 and _finite(cfg.data.batch_size):
+        cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
+            cfg.optim, lr=cfg.optim.lr_per_256 * cfg.data.batch_size / 256))
     try:
         check(cfg)
         if base is not None:
+            cfg = fill_automatic(base, cfg)
             check_resume(base, cfg)
     except ConfigError as e:
         raise _relocated(e, [origins.get(k) for k in getattr(e, "keys", ())]) from None
@@ -497,8 +551,15 @@ def check(cfg: TrainConfig) -> None:
     _require(_plain(cfg.model.kwargs), f"model.kwargs={_short(cfg.model.kwargs)}: give a table of plain values "
              "(finite numbers, strings, booleans, lists)", "model.kwargs")
     # optim
-    _in_range(cfg, "optim.lr", 0, lo_open=True)
+    _choice(cfg, "optim.name", OPTIMIZERS)
+    if o.lr is not None or cfg.task != "segmentation":  # segmentation: None is chosen from the data
+        _in_range(cfg, "optim.lr", 0, lo_open=True)
+    _in_range(cfg, "optim.lr_per_256", 0)
+    _in_range(cfg, "optim.head_lr_mult", 0, 1e6, lo_open=True)
     _in_range(cfg, "optim.momentum", 0, 1, hi_open=True)
+    _require(len(o.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in o.betas),
+             f"optim.betas={_short(list(o.betas))}: give two numbers in [0, 1), e.g. [0.9, 0.999]", "optim.betas")
+    _in_range(cfg, "optim.eps", 0, 1, lo_open=True)
     _require(not o.nesterov or o.momentum > 0, f"optim.nesterov needs momentum; optim.momentum={o.momentum}",
              "optim.nesterov", "optim.momentum")
     _in_range(cfg, "optim.weight_decay", 0)
@@ -525,19 +586,24 @@ def check(cfg: TrainConfig) -> None:
     # run
     _plain_name(cfg, "run.out", "a folder for the run")
     _in_range(cfg, "run.seed", 0, 2**63, hi_open=True, whole=True)
-    _choice(cfg, "run.amp", ("none", "bf16"))
+    _choice(cfg, "run.amp", AMP_MODES)
+    _choice(cfg, "run.channels_last", (True, False, "auto"))
     _in_range(cfg, "run.threads", 0, 1024, whole=True)
     _in_range(cfg, "run.log_every", 1, MAX_STEPS, whole=True)
     # data, shared
-    _in_range(cfg, "data.batch_size", 1, MAX_BATCH, whole=True)
-    _require(d.batch_size % o.grad_accum == 0,
-             f"data.batch_size={d.batch_size} must be a positive multiple of optim.grad_accum={o.grad_accum}",
-             "data.batch_size", "optim.grad_accum")
+    if d.batch_size is not None:  # segmentation: None is chosen from the data
+        _in_range(cfg, "data.batch_size", 1, MAX_BATCH, whole=True)
+        _require(d.batch_size % o.grad_accum == 0,
+                 f"data.batch_size={d.batch_size} must be a positive multiple of optim.grad_accum={o.grad_accum}",
+                 "data.batch_size", "optim.grad_accum")
     _in_range(cfg, "data.eval_batch_size", 1, MAX_BATCH, whole=True)
     for key in ("data.subset", "data.eval_subset"):
         _in_range(cfg, key, 0, MAX_BATCH, whole=True)
     if cfg.task == "classification":
         _plain_name(cfg, "model.arch", "a registered model name, e.g. resnet20")
+        if cfg.model.init is not None:
+            _plain_name(cfg, "model.init", "a weights file or a pretrained tag, e.g. resnet18.tv_in1k")
+        _in_range(cfg, "model.freeze_stages", 0, 64, whole=True)
         _plain_name(cfg, "data.name", "a dataset, e.g. fashion_mnist or folder:PATH")
         _require(d.data_dir is None or (d.data_dir.strip() != "" and "\0" not in d.data_dir),
                  f"data.data_dir={_short(d.data_dir)}: give a folder, or null for the default", "data.data_dir")
@@ -546,11 +612,20 @@ def check(cfg: TrainConfig) -> None:
         if d.pad is not None:
             _in_range(cfg, "data.pad", 0, 256, whole=True)
         _in_range(cfg, "data.image_size", 8, MAX_PIXELS, whole=True)
+        for key in ("data.train_crop", "data.eval_resize", "data.eval_crop"):
+            _in_range(cfg, key, 0, MAX_PIXELS, whole=True)
+        _choice(cfg, "data.auto_augment", ("none", "trivialaugment", "randaugment"))
+        _in_range(cfg, "data.random_erase", 0, 1)
+        for key in ("data.mixup_alpha", "data.cutmix_alpha"):
+            _in_range(cfg, key, 0, 100)
+        _choice(cfg, "data.stream", ("auto", "on", "off"))
+        _in_range(cfg, "data.workers", 0, 256, whole=True)
+        _in_range(cfg, "data.crop_min_scale", 0, 1, lo_open=True)
+        _require(d.val_path is None or (d.val_path.strip() != "" and "\0" not in d.val_path),
+                 f"data.val_path={_short(d.val_path)}: give a folder, or null", "data.val_path")
         _choice(cfg, "data.channels", (1, 3))
     else:
-        _plain_name(cfg, "model.backbone", "a registered backbone name, e.g. resnet18")
-        _choice(cfg, "model.head", ("slim", "aspp"))
-        _choice(cfg, "model.output_stride", (4, 8, 16, 32))
+        _check_segmentation(cfg)
         _require(bool(d.path), "data.path is required: a VOC-layout folder (see resnetkit.data.shapes.make_shapes)",
                  "data.path")
         _plain_name(cfg, "data.path", "a VOC-layout or pairs-layout folder")
@@ -558,9 +633,31 @@ def check(cfg: TrainConfig) -> None:
             v = _value(cfg, key)
             _require(bool(v) and v not in (".", "..") and not any(c in v for c in "/\\\0"),
                      f"{key}={_short(v)}: give a split's name (ImageSets/Segmentation/NAME.txt), not a path", key)
+
+
+SEG_HEADS = ("slim", "aspp", "deeplabv3plus")
+SEG_LOSSES = ("ce", "weighted", "ohem")
+
+
+def _check_segmentation(cfg: TrainConfig) -> None:
+    """The segmentation keys; None ("auto") passes, the resolved value is checked again after the data look."""
+    m, d = cfg.model, cfg.data
+    if m.backbone is not None:
+        _plain_name(cfg, "model.backbone", "a registered backbone name, e.g. resnet18")
+    if m.head is not None:
+        _choice(cfg, "model.head", SEG_HEADS)
+    if m.output_stride is not None:
+        _choice(cfg, "model.output_stride", (4, 8, 16, 32))
+    if m.loss is not None:
+        _choice(cfg, "model.loss", SEG_LOSSES)
+    if m.backbone_weights is not None:
+        _plain_name(cfg, "model.backbone_weights", "a weights file or a pretrained tag")
+    if d.crop_size is not None:
         _in_range(cfg, "data.crop_size", 8, MAX_PIXELS, whole=True)
-        _in_range(cfg, "data.min_scale", 0, 8, lo_open=True)
-        _in_range(cfg, "data.max_scale", 0, 8, lo_open=True)
+    for key in ("data.min_scale", "data.max_scale"):
+        if _value(cfg, key) is not None:
+            _in_range(cfg, key, 0, 8, lo_open=True)
+    if d.min_scale is not None and d.max_scale is not None:
         _require(d.min_scale <= d.max_scale,
                  f"data.min_scale={d.min_scale}, data.max_scale={d.max_scale}: need min_scale <= max_scale",
                  "data.min_scale", "data.max_scale")
@@ -570,8 +667,29 @@ def _flat(cfg: TrainConfig) -> dict:
     return {f"{s}.{k}": getattr(getattr(cfg, s), k) for s in SECTIONS for k in _field_types(type(getattr(cfg, s)))}
 
 
+def _is_auto(value) -> bool:
+    return value is None or value == "auto"
+
+
+def fill_automatic(saved: TrainConfig, cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with each automatic value (None or "auto") replaced by what the run `saved` resolved it to: a
+    resumed run keeps the choices it made at its start (precision, segmentation defaults), never re-derives
+    them on another machine or from changed data."""
+    if cfg.task != saved.task:
+        return cfg
+    old, new = _flat(saved), _flat(cfg)
+    filled = {k: old[k] for k in old if _is_auto(new.get(k, 0)) and not _is_auto(old[k])}
+    nested: dict = {}
+    for key, value in filled.items():
+        section, _, name = key.partition(".")
+        nested.setdefault(section, {})[name] = value
+    return apply_nested(cfg, nested) if nested else cfg
+
+
 def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
-    """Refuse `cfg` for resuming the run whose config is `saved` if it changes anything but RESUMABLE keys."""
+    """Refuse `cfg` for resuming the run whose config is `saved` if it changes anything but RESUMABLE keys
+    (automatic values are first filled from `saved`: see fill_automatic)."""
+    cfg = fill_automatic(saved, cfg)
     if cfg.task != saved.task:
         raise config_error(f"task={cfg.task!r} cannot change on resume: the run is a {saved.task} run", ("task",))
     old, new = _flat(saved), _flat(cfg)

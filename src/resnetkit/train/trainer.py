@@ -42,9 +42,10 @@ from resnetkit.data.loader import derived_generator, epoch_batches, shard, steps
 from resnetkit.errors import CheckpointError, UserError
 from resnetkit.train import checkpoint, distributed, report, rundir
 from resnetkit.train.classification import ClassificationTask
-from resnetkit.train.config import TrainConfig, check, check_resume, config_error
+from resnetkit.train.config import TrainConfig, check, check_resume, config_error, fill_automatic
 from resnetkit.train.evaluate import autocast
 from resnetkit.train.optim import EMA, build_optimizer
+from resnetkit.train.precision import resolve_precision
 from resnetkit.train.schedule import BudgetPlanner, lr_at
 from resnetkit.train.segmentation import SegmentationTask
 from resnetkit.train.task import Task
@@ -71,7 +72,9 @@ class Trainer:
         state = None
         if resume:
             state = checkpoint.load_checkpoint(self.run_dir / CHECKPOINT)
-            check_resume(checkpoint.saved_config(state, self.run_dir / CHECKPOINT), cfg)
+            saved = checkpoint.saved_config(state, self.run_dir / CHECKPOINT)
+            cfg = fill_automatic(saved, cfg)  # the run's own choices for its automatic values
+            check_resume(saved, cfg)
         elif self.d.main:  # only rank 0 writes, and only it looks: the others may start after it made the folder
             rundir.check_new_run_dir(self.run_dir, inputs=_inputs(cfg))
         self.saved_step: int | None = None  # the step of the checkpoint on disk, once there is one
@@ -80,6 +83,7 @@ class Trainer:
         self.cfg, self.hooks = cfg, list(hooks)
         self._set_determinism()
         self.task = TASKS[cfg.task](cfg, self.d.device)
+        cfg = self.cfg = self.task.cfg  # the task fills automatic values from its data (seg_defaults)
         self._check_batch()
 
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
@@ -87,9 +91,12 @@ class Trainer:
         if state is None:
             self.task.init_weights(self.model)  # a resumed run gets the task's state with the rest (_restore)
         self.model.to(self.d.device)
+        # run.amp / run.channels_last "auto" -> this machine's choice, recorded in config.json and checkpoints
+        cfg = self.cfg = self.task.cfg = resolve_precision(cfg, self.model, self.task, self.d)
         if cfg.run.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.run.amp == "fp16")
         self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
         self.spe = steps_per_epoch(len(self.task.train_set), cfg.data.batch_size)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
@@ -183,6 +190,8 @@ class Trainer:
         except CheckpointError as e:
             raise CheckpointError(f"{path}: its model does not fit its saved config ({e})") from None
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
             load_state_dict_strict(self.ema.module, state["ema"], source=f"{path} (ema)")
         self.step, self.total = counts["step"], counts["total_steps"]
@@ -201,6 +210,7 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),  # fp16's loss scale ({} when off)
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "task": self.task.state_dict(),
             "step": self.step,
@@ -319,7 +329,7 @@ class Trainer:
         cfg, d, task = self.cfg, self.d, self.task
         lr = lr_at(self.step, self.total, cfg.optim.lr, cfg.schedule)
         for g in self.optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_mult", 1.0)  # optim.head_lr_mult (checkpoints before it have none)
         # Draws for the whole global batch, so they do not depend on the number of processes.
         params = task.sample(len(idx), derived_generator(cfg.run.seed, self.epoch, i, 1))
         accum, parts = cfg.optim.grad_accum, d.world * cfg.optim.grad_accum
@@ -334,9 +344,10 @@ class Trainer:
             with sync, autocast(d.device, cfg.run.amp):
                 out = self.train_model(x)
                 loss = task.loss(out, y)
-                (loss / accum).backward()
+                self.scaler.scale(loss / accum).backward()  # fp16 only scales; otherwise the loss as is
             sums += task.batch_sums(out.detach(), y, loss.detach())
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # fp16: skips a step whose gradients overflowed
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             self.ema.update(self.model)
@@ -369,6 +380,7 @@ class Trainer:
             self.epoch_sums, self.epoch_seconds = torch.zeros_like(self.epoch_sums), 0.0
         sums = self.epoch_sums.to(self.d.device).clone()  # this rank's, carried over from a mid-epoch resume
         t0, before = self.clock(), self.epoch_seconds
+        self.task.begin_epoch(self.epoch, self.batch_in_epoch, self.d)
         for i, idx in epoch_batches(len(self.task.train_set), cfg.data.batch_size, cfg.run.seed, self.epoch,
                                     self.batch_in_epoch):
             if self.step >= self.stop_at:
