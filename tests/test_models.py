@@ -30,10 +30,10 @@ HEAVY = {"resnet1202", "preact_resnet1001", "resnet_v1_200", "resnet_v2_200", "r
          "wide_resnet101_2", "resnetv2_101", "resnetv2_101x1_bit", "resnetv2_50x3_bit", "wrn28_10"}
 
 
-def test_every_backbone_has_both_segmentation_heads():
-    assert SEGMENTATION == sorted((f"{p}_{b}" for b in ALL for p in ("deeplabv3", "slimseg")),
+def test_every_backbone_has_every_segmentation_head():
+    assert SEGMENTATION == sorted((f"{p}_{b}" for b in ALL for p in ("deeplabv3", "deeplabv3plus", "slimseg")),
                                   key=SEGMENTATION.index)
-    assert len(SEGMENTATION) == 2 * len(ALL) and set(resnetkit.list_models()) == set(ALL) | set(SEGMENTATION)
+    assert len(SEGMENTATION) == 3 * len(ALL) and set(resnetkit.list_models()) == set(ALL) | set(SEGMENTATION)
 
 
 @pytest.mark.parametrize("name", SEGMENTATION)
@@ -47,7 +47,8 @@ def test_every_segmentation_model_gives_dense_logits(name):
         model = resnetkit.create_model(name, num_classes=7, output_stride=os_).eval()
         out, ep = model.forward_end_points(torch.empty(2, 3, size, size))
     assert out.shape == (2, 7, size, size) and model.config.arch == name
-    assert ep["head/logits"].shape == (2, 7, (size - 1) // os_ + 1, (size - 1) // os_ + 1)
+    s = (4 if os_ == 8 else 2) if name.startswith("deeplabv3plus_") else os_  # the decoder: stride 4 (CIFAR 2)
+    assert ep["head/logits"].shape == (2, 7, (size - 1) // s + 1, (size - 1) // s + 1)
 
 
 @pytest.mark.parametrize("name", ["deeplabv3_resnet20", "slimseg_resnet_v2_50"])

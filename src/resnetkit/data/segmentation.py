@@ -89,6 +89,33 @@ class SegSet:
         return tuple(mean.tolist()), tuple(std.tolist())
 
 
+@dataclass(frozen=True)
+class DataSummary:
+    """What the automatic training defaults look at (resnetkit.train.seg_defaults): sizes and classes."""
+
+    root: str
+    n_images: int
+    median_side: int  # the median of the images' shorter sides, pixels
+    min_side: int  # the smallest shorter side, and the image that has it
+    smallest: str
+    num_classes: int
+    class_freq: tuple[float, ...]  # each class's share of the labelled pixels of a sample of masks
+
+
+def summarize(data: SegSet, sample: int = 256) -> DataSummary:
+    """Sizes of every image (cheap: shapes only) and class pixel frequencies over `sample` masks evenly
+    spread over the split, so a large set costs no more than a small one."""
+    sides = [min(m.shape) for m in data.masks]
+    order = sorted(range(len(sides)), key=sides.__getitem__)
+    counts = torch.zeros(data.num_classes + 1, dtype=torch.float64)  # the last bin: IGNORE, dropped
+    step = max(1, len(data) // sample)
+    for m in data.masks[::step]:
+        counts += torch.bincount(m.flatten().long().clamp(max=data.num_classes), minlength=data.num_classes + 1)
+    labelled = counts[:-1].sum().clamp_min(1)
+    return DataSummary(str(data.info.get("root", "")), len(data), sides[order[len(order) // 2]], sides[order[0]],
+                       data.names[order[0]], data.num_classes, tuple((counts[:-1] / labelled).tolist()))
+
+
 # ------------------------------------------------------------------------------------------------ reading
 
 def read_image(path: Path) -> torch.Tensor:
@@ -153,15 +180,16 @@ def voc_root(root: Path) -> Path | None:
     return None
 
 
-def _pair(img: Path, mask: Path, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair(img: Path, mask: Path, num_classes: int, listed: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """An image and its mask; `listed`: " (listed in FILE)" when a split file named the image."""
     if not img.is_file():
-        raise MissingFileError(f"{img}: no such image")
+        raise MissingFileError(f"{img}: no such image{listed}; add the image or remove its line")
     if not mask.is_file():
-        raise MissingFileError(f"{mask}: no such mask (for {img.name})")
+        raise MissingFileError(f"{mask}: no such mask (for {img.name}); add the mask or remove the image")
     x, m = read_image(img), read_mask(mask, num_classes)
     if tuple(x.shape[1:]) != tuple(m.shape):
         raise DataError(f"{mask}: mask is {m.shape[1]}x{m.shape[0]} but its image {img} is "
-                        f"{x.shape[2]}x{x.shape[1]} (width x height)")
+                        f"{x.shape[2]}x{x.shape[1]} (width x height); save the mask at its image's size")
     return x, m
 
 
@@ -181,8 +209,8 @@ def load_split(root: str | Path, split: str) -> SegSet:
         if not ids:
             raise DataError(f"{split_file}: lists no images")
         names = class_names_for(voc) if voc != root and not (root / "classes.txt").is_file() else names
-        pairs = [_pair(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png", len(names))
-                 for i in ids]
+        pairs = [_pair(voc / "JPEGImages" / f"{i}.jpg", voc / "SegmentationClass" / f"{i}.png", len(names),
+                       f" (listed in {split_file})") for i in ids]
     else:
         img_dir, mask_dir = root / split / "images", root / split / "masks"
         if not img_dir.is_dir():

@@ -8,6 +8,7 @@ gives the same files whatever --n-train / --n-val are.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ SHAPE_CLASSES = ("background", "circle", "square", "triangle", "diamond", "cross
 _SPLIT_KEY = {"train": 0, "val": 1}
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(size, size, 3) float: a two-colour gradient, a random stripe or checker texture, and noise."""
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     yy, xx = np.mgrid[0:size, 0:size] / max(1, size - 1)
@@ -61,7 +62,7 @@ def _polygon(cls: str, cx: float, cy: float, r: float) -> list[tuple[float, floa
 def make_sample(seed: int, split: str, index: int, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """One image (size, size, 3) uint8 and its mask (size, size) uint8 of SHAPE_CLASSES indices."""
     rng = np.random.default_rng((seed, _SPLIT_KEY[split], index))
-    bg = _background(rng, size)
+    bg = textured_background(rng, size)
     img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
     mask = Image.new("L", (size, size), 0)
     di, dm = ImageDraw.Draw(img), ImageDraw.Draw(mask)
@@ -96,10 +97,21 @@ def make_shapes(root: str | Path, n_train: int = 1000, n_val: int = 200, size: i
     `overwrite` (then files of the same names are replaced)."""
     if size < 16:
         raise ConfigError(f"size {size}: too small for shapes; use 16 or more")
+    check_counts(n_train, n_val, seed)
+    return write_voc_set(root, {"train": n_train, "val": n_val}, lambda split, i: make_sample(seed, split, i, size),
+                         SHAPE_CLASSES, overwrite)
+
+
+def check_counts(n_train: int, n_val: int, seed: int) -> None:
+    """The arguments every generated set takes, checked by name."""
     if seed < 0:
         raise ConfigError(f"seed {seed} must be a non-negative integer")
     if n_train < 1 or n_val < 1:
         raise ConfigError(f"n_train {n_train} and n_val {n_val} must be at least 1")
+
+
+def prepare_root(root: str | Path, overwrite: bool) -> Path:
+    """The generated sets' output policy: `root` must be a new or empty folder unless `overwrite`."""
     root = Path(root)
     if root.is_dir() and any(root.iterdir()) and not overwrite:
         raise OutputExistsError(f"{root} is not empty; choose a new folder, or pass overwrite=True (CLI: "
@@ -108,15 +120,23 @@ def make_shapes(root: str | Path, n_train: int = 1000, n_val: int = 200, size: i
         raise OutputExistsError(f"{root} is a file, not a folder")
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("val", n_val)):
+    return root
+
+
+def write_voc_set(root: str | Path, counts: dict[str, int], sample: Callable[[str, int], tuple[np.ndarray, np.ndarray]],
+                  class_names: Sequence[str], overwrite: bool = False) -> Path:
+    """Write `counts[split]` samples of each split, `sample(split, i)` -> (image (H, W, 3) uint8, mask (H, W)
+    uint8), in VOC layout under `root` (see make_shapes), each file atomically; returns `root`."""
+    root = prepare_root(root, overwrite)
+    for split, n in counts.items():
         ids = []
         for i in range(n):
             name = f"{split}_{i:06d}"
-            img, mask = make_sample(seed, split, i, size)
-            # Quality 95 keeps JPEG blocking small next to the shapes' edges; masks stay lossless PNG.
+            img, mask = sample(split, i)
+            # Quality 95 keeps JPEG blocking small next to the objects' edges; masks stay lossless PNG.
             atomic_save_image(Image.fromarray(img), root / "JPEGImages" / f"{name}.jpg", quality=95)
             atomic_save_image(palette_png(mask), root / "SegmentationClass" / f"{name}.png")
             ids.append(name)
         atomic_write_text(root / "ImageSets" / "Segmentation" / f"{split}.txt", "\n".join(ids) + "\n")
-    atomic_write_text(root / "classes.txt", "\n".join(SHAPE_CLASSES) + "\n")
+    atomic_write_text(root / "classes.txt", "\n".join(class_names) + "\n")
     return root
