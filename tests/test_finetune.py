@@ -50,6 +50,25 @@ def test_init_with_another_class_count_gets_a_new_head_and_the_files_normalisati
     assert cfg["model"]["init"] == str(init_file)
 
 
+@pytest.mark.parametrize("same_classes", [True, False])
+def test_init_with_as_many_classes_keeps_the_head_only_for_the_same_classes(tmp_path, caplog, same_classes):
+    # digits' classes are "0".."9": a 10-class file of those keeps its head; of other names (a new task with
+    # as many classes) it gets a new one, since its rows would score other classes.
+    torch.manual_seed(4)
+    model = resnetkit.create_model("resnet20", num_classes=10, in_chans=1)
+    names = [str(i) for i in range(10)] if same_classes else list("abcdefghij")
+    path = tmp_path / "init10.safetensors"
+    resnetkit.save_weights(model, path, class_names=names)
+    with caplog.at_level("INFO", logger="resnetkit.train"):
+        assert main(["train", "--model", "resnet20", *TINY, "--init", str(path), "--freeze-stages", "3",
+                     "--lr", "1e-6", "--out", str(tmp_path / "r")]) == 0
+    assert ("are not the data's" in caplog.text) != same_classes
+    src, trained = load_file(path), load_file(tmp_path / "r" / "model.safetensors")
+    moved = (trained["logits.weight"] - src["logits.weight"]).abs().max().item()
+    # Kept: 3 steps at lr 1e-6 leave the file's head where it was. New: re-initialised, far from it.
+    assert (moved < 1e-3) == same_classes, moved
+
+
 def test_freeze_all_stages_keeps_backbone_and_bn_statistics_bitwise(init_file, tmp_path):
     run = tmp_path / "probe"
     assert main(["train", "--model", "resnet20", *TINY, "--init", str(init_file), "--freeze-stages", "3",

@@ -114,12 +114,13 @@ class ClassificationTask(Task):
         return model
 
     def init_weights(self, model: torch.nn.Module) -> None:
-        """model.init: its weights (a new head when the class count differs) and, when its card has them
+        """model.init: its weights (a new head when the classes differ) and, when its card has them
         for as many channels, its normalisation: the backbone learnt its features on inputs scaled so.
         The image size stays the data's (data.image_size for folders)."""
         if self.cfg.model.init is None:
             return
-        pre = finetune.init_from(model, self.cfg.model.init, self.cfg.model.arch).card.preprocessing
+        pre = finetune.init_from(model, self.cfg.model.init, self.cfg.model.arch,
+                                 self.train_set.class_names).card.preprocessing
         if pre is not None and pre.channels == self.train_set.in_chans:
             self.set_normalization(pre.mean, pre.std)
             log.info("normalising with the init weights' mean %s, std %s", list(pre.mean), list(pre.std))

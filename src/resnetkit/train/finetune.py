@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from resnetkit._helpers import load_state_dict_strict
+from resnetkit._helpers import first_few, load_state_dict_strict
 from resnetkit.errors import CheckpointError, ConfigError, DownloadError, MissingFileError
 from resnetkit.pretrained import REGISTRY, load_pretrained
 from resnetkit.train.config import config_error
@@ -41,15 +41,22 @@ def load_init(spec: str, arch: str) -> nn.Module:
         raise type(e)(f"model.init={spec}: {e}") from None
 
 
-def init_from(model: nn.Module, spec: str, arch: str) -> nn.Module:
-    """Copy the weights of `spec` into `model` (built as `arch` for the run's data); when the class counts
-    differ the init model's classifier is replaced first (`reset_classifier`: a new, randomly initialised
-    head, logged). Returns the init model (its `.card` says how its inputs were normalised)."""
+def init_from(model: nn.Module, spec: str, arch: str, class_names: list[str] | None = None) -> nn.Module:
+    """Copy the weights of `spec` into `model` (built as `arch` for the run's data). The init model's
+    classifier is replaced first (`reset_classifier`: a new, randomly initialised head, logged) when the class
+    counts differ, or when the file names its classes and they are not the run's `class_names` (a new task
+    with as many classes: the old head's rows would mean other classes). Returns the init model (its
+    `.card` says how its inputs were normalised)."""
     src = load_init(spec, arch)
     want, have = getattr(model, "num_classes", None), getattr(src, "num_classes", None)
+    held = list(src.card.class_names or []) if src.card is not None else []
     if want != have:
         src.reset_classifier(want)
         log.info("init %s: new classifier for %s classes (the file has %s), randomly initialised", spec, want, have)
+    elif class_names is not None and held and held != list(class_names):
+        src.reset_classifier(want)
+        log.info("init %s: new classifier, randomly initialised: the file's classes (%s) are not the data's (%s)",
+                 spec, first_few(held), first_few(list(class_names)))
     try:
         load_state_dict_strict(model, src.state_dict(), source=spec, hint=f"model.init holds {src.config.arch} "
                                f"with options {src.config.kwargs}, which do not fit this run's model")
