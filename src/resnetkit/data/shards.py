@@ -241,7 +241,8 @@ _SAME = ("class_names", "train_transform", "eval_transform", "mean", "std", "str
 
 def _load(reader: _Reader, workers: int) -> Iterator[dict]:
     loader = torch.utils.data.DataLoader(reader, batch_size=None, num_workers=workers,
-                                         worker_init_fn=stream._one_thread, pin_memory=torch.cuda.is_available())
+                                         worker_init_fn=stream._one_thread, pin_memory=torch.cuda.is_available(),
+                                         multiprocessing_context=stream.worker_context(workers))
     yield from stream.drain(loader, "sample")
 
 

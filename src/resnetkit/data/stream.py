@@ -20,11 +20,14 @@ of the split (same draws) and named in the log, or is an error with strict=True;
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import math
 import os
 import random
+import signal
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -269,7 +272,8 @@ class StreamSet:
         workers = min(self.workers, len(os.sched_getaffinity(0)), len(keys))
         loader = torch.utils.data.DataLoader(reader, batch_size=None, sampler=keys, num_workers=workers,
                                              worker_init_fn=_one_thread, pin_memory=torch.cuda.is_available(),
-                                             prefetch_factor=4 if workers else None)
+                                             prefetch_factor=4 if workers else None,
+                                             multiprocessing_context=worker_context(workers))
         yield from drain(loader, "image")
 
     def train_batches(self, seed: int, epoch: int, start: int, global_batch: int, rank: int, world: int,
@@ -307,8 +311,17 @@ def drain(loader, what: str) -> Iterator[dict]:
         yield item
 
 
+def worker_context(workers: int) -> str | None:
+    """How DataLoader workers start: forked (fast) in a single process, spawned under torch.distributed,
+    whose process group runs threads of its own: a worker forked while one of them held a lock can wait on
+    it for ever (seen as a hung two-process gloo run)."""
+    return "spawn" if workers and torch.distributed.is_available() and torch.distributed.is_initialized() else None
+
+
 def _one_thread(_worker: int) -> None:
     torch.set_num_threads(1)  # a worker decodes; torch's intra-op pool would only oversubscribe the cores
+    if sys.platform.startswith("linux"):  # die with the trainer: a SIGKILLed trainer must not leave workers
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (linux/prctl.h)
 
 
 class BatchReader(torch.utils.data.Dataset):
