@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +33,7 @@ from resnetkit.train.classification import ClassificationTask
 from resnetkit.train.config import resolve
 from resnetkit.weights import save_weights
 from tests.hostile import StopAt
+from tests.test_train import start_and_stop
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 FAST = ["--amp", "none", "--no-channels-last", "--threads", "1", "--seed", "3"]
@@ -118,15 +118,7 @@ def test_exact_resume_after_sigkill_with_workers(split_folder, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "streamed at 16 px (data.stream=on)" in r.stderr
     killed = args[:args.index("full")] + ["killed"] + args[args.index("full") + 1:]
-    p = subprocess.Popen(killed, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env=SUBPROCESS_ENV)
-    deadline = time.monotonic() + 240
-    while not (tmp_path / "killed" / "checkpoint.pt").exists():
-        assert p.poll() is None, p.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    p.send_signal(signal.SIGKILL)
-    p.communicate(timeout=60)
+    start_and_stop(killed, tmp_path / "killed", signal.SIGKILL, tmp_path, env=SUBPROCESS_ENV)
     assert not (tmp_path / "killed" / "model.safetensors").exists()
     r = subprocess.run([sys.executable, "-m", "resnetkit", "train", "--out", "killed", "--resume", "--workers", "1"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=SUBPROCESS_ENV)

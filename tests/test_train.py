@@ -348,9 +348,9 @@ def losses(run_dir):
             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
-def start_and_stop(args, run_dir, sig, cwd):
+def start_and_stop(args, run_dir, sig, cwd, env=None):
     """Start a run, wait for its first checkpoint, send `sig`; return the exit code."""
-    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 240
     while not (run_dir / "checkpoint.pt").exists():
         assert p.poll() is None, p.stderr.read()
