@@ -135,6 +135,42 @@ def test_amp_and_channels_last_auto_resolve_and_are_recorded(tmp_path, caplog):
         assert got["amp"] == "none" and got["channels_last"] is False
 
 
+@pytest.mark.parametrize("nhwc_faster", [True, False])
+def test_channels_last_probe_times_one_converted_copy_per_layout(monkeypatch, nhwc_faster):
+    """The start-up probe keeps one copy of the model in each layout (converting one copy back and forth
+    timed the conversion), never touches the run's model, and picks the layout whose steps were faster."""
+    from resnetkit.train import precision
+    from resnetkit.train.classification import ClassificationTask
+
+    cfg = resolve(flags={"data.name": "digits", "data.subset": 64, "data.batch_size": 32, "schedule.epochs": 1,
+                         "run.out": "unused"})
+    task = ClassificationTask(cfg, torch.device("cpu"))
+    model = task.build_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def fake_step(m, task_, x, y, amp):
+        # digits have one channel (both layouts alike in memory): the layout shows on a wider convolution
+        conv = next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1)
+        nhwc = not conv.is_contiguous()
+        assert conv.is_contiguous(memory_format=torch.channels_last) == nhwc
+        assert x.is_contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+        calls.append((id(m), nhwc))
+        precision._timed_step_real(m, task_, x, y, amp)  # a real step still runs: shapes and dtypes hold
+        return 1.0 if nhwc == nhwc_faster else 2.0
+
+    monkeypatch.setattr(precision, "_timed_step_real", precision._timed_step, raising=False)
+    monkeypatch.setattr(precision, "_timed_step", fake_step)
+    faster, why = precision.measure_channels_last(model, task, 32, "none")
+    assert faster is nhwc_faster and "contiguous" in why
+    copies = {nhwc: {i for i, c in calls if c == nhwc} for nhwc in (False, True)}
+    assert all(len(ids) == 1 for ids in copies.values()) and copies[False] != copies[True]
+    assert id(model) not in copies[False] | copies[True]
+    pairs = sum(c for _, c in calls) - precision.MEASURE_WARMUP
+    assert precision.MIN_PAIRS <= pairs <= precision.MEASURE_PAIRS
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # the run's model untouched
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is refused only where there is no CUDA")
 def test_fp16_without_cuda_is_one_line(tmp_path, capsys):
     assert main(["train", "--model", "resnet20", *TINY, "--amp", "fp16", "--out", str(tmp_path / "r")]) == 2

@@ -36,8 +36,10 @@ def auto(side: int, **flags) -> TrainConfig:
 def test_small_images_get_the_shapes_recipe():
     cfg = auto(64)
     m, d = cfg.model, cfg.data
-    assert (m.backbone, m.head, m.output_stride) == ("resnet20", "aspp", 4)
-    assert m.kwargs == {"aspp_channels": 64, "aspp_rates": [2, 4, 6]}  # 16x16 cells
+    assert (m.backbone, m.head, m.output_stride) == ("resnet20", "slim", 4)  # the slim head: no ASPP settings
+    assert m.kwargs == {}
+    aspp = auto(64, **{"model.head": "aspp"}).model  # asked for: ASPP sized to the feature map
+    assert aspp.kwargs == {"aspp_channels": 64, "aspp_rates": [2, 4, 6]}  # 16x16 cells
     assert (d.crop_size, d.min_scale, d.max_scale, d.batch_size, cfg.optim.lr) == (61, 0.75, 1.25, 16, 0.05)
     assert d.crop_size <= 64 and (d.crop_size - 1) % 4 == 0  # never above the image, corner-aligned
     assert m.loss == "ohem"  # 80% background
@@ -49,7 +51,7 @@ def test_small_images_get_the_shapes_recipe():
 def test_large_images_get_an_imagenet_backbone_and_deeplab_ranges():
     cfg = auto(500)
     m, d = cfg.model, cfg.data
-    assert (m.backbone, m.output_stride, d.crop_size) == ("resnet18", 16, 321)  # 321 = 16 * 20 + 1
+    assert (m.backbone, m.head, m.output_stride, d.crop_size) == ("resnet18", "aspp", 16, 321)  # 321 = 16 * 20 + 1
     assert (d.min_scale, d.max_scale, d.batch_size, cfg.optim.lr) == (0.5, 2.0, 8, 0.025)
     assert m.kwargs == {"aspp_channels": 256, "aspp_rates": [3, 6, 9]}  # 21 cells
 
@@ -130,7 +132,7 @@ def test_defaults_through_the_cli(shapes, tmp_path, caplog):
     flat = saved["model"] | saved["data"] | {"lr": saved["optim"]["lr"]}
     assert {k: flat[k] for k in ("backbone", "head", "output_stride", "loss", "crop_size", "batch_size", "lr",
                                  "min_scale", "max_scale")} == {
-        "backbone": "resnet20", "head": "aspp", "output_stride": 4, "loss": "weighted", "crop_size": 21,
+        "backbone": "resnet20", "head": "slim", "output_stride": 4, "loss": "weighted", "crop_size": 21,
         "batch_size": 8, "lr": 0.025, "min_scale": 0.75, "max_scale": 1.25}
     # Per-class IoU: in the log line of every epoch and in metrics.jsonl, one value per class.
     row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -114,7 +114,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     # Every default below is "auto": chosen from the data and the backbone at the start of the run, printed
     # there with its reason, and written into RUN_DIR/config.json (resnetkit.train.seg_defaults).
     g.add_argument("--head", choices=["slim", "aspp", "deeplabv3plus"],
-                   help="slim: 1x1 logits; aspp: DeepLabv3; deeplabv3plus: ASPP + decoder (default auto: aspp)")
+                   help="slim: 1x1 logits; aspp: DeepLabv3; deeplabv3plus: ASPP + decoder (default auto: slim on a "
+                        "CIFAR-style backbone, aspp on an ImageNet one)")
     g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32],
                    help="backbone output stride (default auto: the coarsest leaving >= 16 feature cells)")
     g.add_argument("--backbone-weights", metavar="FILE_OR_TAG",
