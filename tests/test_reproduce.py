@@ -174,3 +174,43 @@ def test_depths_are_checked(capsys):
     assert degradation.parse_depths("56,20,56") == (20, 56)
     assert main(["reproduce", "degradation", "--data", "digits", "--depths", "20,21", "--epochs", "1"]) == 2
     assert "6n+2" in capsys.readouterr().err
+
+
+def test_degradation_with_seeds_reports_mean_and_spread(tmp_path, capsys):
+    out = tmp_path / "deg"
+    args = ["reproduce", "degradation", "--data", "digits", "--depths", "20,32", "--epochs", "1", "--subset", "128",
+            "--batch-size", "64", "--test-subset", "64", "--train-probe", "64", "--threads", "1", "--seeds", "3,5",
+            "--out", str(out)]
+    assert main(args) == 0
+    r = json.loads((out / "degradation.json").read_text())
+    assert r["seeds"] == [3, 5] and [(x["arch"], x["seed"]) for x in r["runs"]] == [
+        (a, s) for s in (3, 5) for a in ("plain20", "plain32", "resnet20", "resnet32")]
+    assert all((out / "runs" / f"seed{s}" / a / "model.safetensors").is_file() for s in (3, 5) for a in ("plain20",))
+    # The seeds really differ, and the summary is their mean and sample standard deviation.
+    by = {(x["arch"], x["seed"]): x["final"]["train_err"] for x in r["runs"]}
+    st = next(s for s in r["summary"] if s["arch"] == "resnet20")["stats"]["train_err"]
+    a, b = by["resnet20", 3], by["resnet20", 5]
+    assert st["mean"] == pytest.approx((a + b) / 2) and st["sd"] == pytest.approx(abs(a - b) / 2 ** 0.5)
+    assert all(c["seeds"] == 2 and c["clear"] in (True, False) for c in r["checks"])
+    text = (out / "degradation.md").read_text()
+    assert "once per seed (3, 5)" in text and " ± " in text and "seeds 3, 5" in text
+    assert "seed noise" in capsys.readouterr().out
+    # Rerunning reuses every seed's runs; a bad list is one line.
+    assert main(args) == 0 and all(x["reused"] for x in json.loads((out / "degradation.json").read_text())["runs"])
+    assert main([*args[:-4], "--seeds", "0,x", "--out", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "seeds '0,x'" in err and "comma-separated integers" in err and "Traceback" not in err
+
+
+def test_checks_with_seeds_say_whether_the_gap_clears_the_noise():
+    def run(kind, depth, err, seed):
+        return {"kind": kind, "depth": depth, "seed": seed, "final": {"train_err": err}}
+
+    runs = [run("plain", 20, e, s) for s, e in enumerate((0.10, 0.11, 0.12))]
+    runs += [run("plain", 56, e, s) for s, e in enumerate((0.20, 0.21, 0.22))]  # gap 10 points, sd 1: clear
+    runs += [run("resnet", 20, e, s) for s, e in enumerate((0.10, 0.12, 0.14))]
+    runs += [run("resnet", 56, e, s) for s, e in enumerate((0.09, 0.11, 0.13))]  # gap 1 point, sd 2: noise
+    out = {c["kind"]: c for c in degradation.checks(runs)}
+    assert out["plain"]["holds"] and out["plain"]["clear"] is True and out["plain"]["seeds"] == 3
+    assert out["resnet"]["holds"] and out["resnet"]["clear"] is False
+    assert out["resnet"]["deep_sd"] == pytest.approx(0.02)

@@ -12,7 +12,15 @@ from resnetkit._helpers import machine_info
 from resnetkit.errors import UserError
 from resnetkit.reproduce import runner
 from resnetkit.reproduce.cifar import ITERATIONS, RECIPES, cifar_config, paper_error
-from resnetkit.reproduce.degradation import Recipe, check_report_dir, checks, parse_depths, run_degradation
+from resnetkit.reproduce.degradation import (
+    Recipe,
+    check_report_dir,
+    checks,
+    parse_depths,
+    parse_seeds,
+    run_degradation,
+    summarize,
+)
 from resnetkit.reproduce.report import command_line, write_cifar, write_degradation
 
 
@@ -37,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--lr", type=float, default=0.1)
     d.add_argument("--warmup-steps", type=int, default=0)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 0,1,2: every net trains once per "
+                   "seed (OUT/runs/seedS/ARCH); the report gives mean and spread, and says whether each gap is "
+                   "clear of seed noise (more than twice the standard deviation)")
     d.add_argument("--threads", type=int, default=0,
                    help="torch threads (0 = torch's default; 1 is far faster on a busy shared CPU)")
     d.add_argument("--out", default="runs/degradation",
@@ -108,13 +119,15 @@ def cmd_degradation(args: argparse.Namespace) -> int:
               "must be a finite, positive number of minutes")
     _need(args.batch_size >= 1, "--batch-size", args.batch_size, "must be >= 1")
     _need(_finite(args.lr) and args.lr > 0, "--lr", args.lr, "must be a finite number > 0")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else (args.seed,)
     _note(args.note)  # fail early on a missing file; it is read again at the end, so it can be written meanwhile
     out = Path(args.out)
     check_report_dir(out)
     recipe = Recipe(data=args.data, data_dir=args.data_dir, subset=args.subset, epochs=args.epochs or 0,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, threads=args.threads,
+                    batch_size=args.batch_size, lr=args.lr, seed=seeds[0], threads=args.threads,
                     warmup_steps=args.warmup_steps, test_subset=args.test_subset, train_probe=args.train_probe)
-    result = run_degradation(recipe, depths, out / "runs", budget_min=args.budget_min or 0.0, command=command_line())
+    result = run_degradation(recipe, depths, out / "runs", budget_min=args.budget_min or 0.0, command=command_line(),
+                             seeds=seeds)
     paths = write_degradation(result, out, _note(args.note))
     print(_degradation_table(result))
     print(f"wrote {paths['png']}, {paths['md']} and {paths['json']}")
@@ -128,7 +141,8 @@ def _render(args: argparse.Namespace) -> int:
     note = _note(args.note) if args.note else None
     try:
         result = json.loads(p.read_bytes()[:64 << 20].decode("utf-8"))
-        result["checks"] = checks(result["runs"])  # recomputed with the current rules
+        result["summary"] = summarize(result["runs"])  # recomputed with the current rules
+        result["checks"] = checks(result["runs"])
         table = _degradation_table(result)
         paths = write_degradation(result, out, note if note is not None else str(result.get("note", "")))
     except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError, IndexError) as e:
@@ -141,14 +155,21 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _degradation_table(result: dict) -> str:
-    rows = [f"{'net':<10} {'train err run':>13} {'train err eval':>14} {'test err':>9}"]
-    for r in result["runs"]:
-        f = r["final"]
-        ev = f"{100 * f['train_eval_err']:.2f}%" if "train_eval_err" in f else "-"
-        rows.append(f"{r['arch']:<10} {100 * f['train_err']:>12.2f}% {ev:>14} {100 * f['test_err']:>8.2f}%")
+    def cell(st: dict | None) -> str:
+        if not st:
+            return "-"
+        return f"{100 * st['mean']:.2f}%" + (f" ±{100 * st['sd']:.2f}" if st["n"] > 1 else "")
+
+    rows = [f"{'net':<10} {'train err run':>15} {'train err eval':>15} {'test err':>15}"]
+    for s in result["summary"]:
+        st = s["stats"]
+        rows.append(f"{s['arch']:<10} {cell(st.get('train_err')):>15} {cell(st.get('train_eval_err')):>15} "
+                    f"{cell(st.get('test_err')):>15}")
     for c in result["checks"]:
+        verdict = "NO" if not c["holds"] else {None: "yes", True: "yes, clear of seed noise",
+                                               False: "yes, within seed noise"}[c.get("clear")]
         rows.append(f"{c['kind']}-{c['deep']} {c['expected']} than {c['kind']}-{c['shallow']} ({c['metric']}): "
-                    f"{'yes' if c['holds'] else 'NO'}")
+                    f"{verdict}")
     return "\n".join(rows)
 
 

@@ -1,5 +1,5 @@
 """The degradation experiment (He et al. 2016, sec. 4.2 and Fig. 6): plain vs residual nets of several
-depths trained with one recipe and one seed.
+depths trained with one recipe, once per seed.
 
 The paper's claim: a deeper *plain* net ends with a HIGHER training error than a shallower one (so it
 is an optimisation problem, not overfitting), while with shortcuts the deeper net has the LOWER error.
@@ -9,6 +9,10 @@ Training error is recorded two ways every epoch:
     paper's curves are drawn (what the trainer logs);
   * `train_eval_err`: an eval-mode pass (BatchNorm running statistics, no augmentation) over a fixed
     subset of the training images, which does not lag behind the weights by half an epoch.
+
+With several seeds every net trains once per seed (OUT/seedS/ARCH), the report gives each net's mean and
+spread, and a check is "clear" only when the two means differ by more than twice the larger of the two
+standard deviations over seeds: a gap inside seed noise is not evidence either way.
 """
 
 from __future__ import annotations
@@ -92,8 +96,9 @@ def _step_seconds(arch: str, in_chans: int, num_classes: int, size: tuple[int, i
     return (time.perf_counter() - t0) / repeats
 
 
-def plan_epochs(recipe: Recipe, archs: list[str], budget_s: float, train, test) -> tuple[int, dict]:
-    """The number of epochs (the same for every net) that fits all runs into budget_s of wall time.
+def plan_epochs(recipe: Recipe, archs: list[str], budget_s: float, train, test, copies: int = 1) -> tuple[int, dict]:
+    """The number of epochs (the same for every net) that fits all runs, each net trained `copies` times
+    (once per seed), into budget_s of wall time.
 
     Each net's step time is measured on random data; an evaluation image is costed at a third of a
     training image (forward only). Returns (epochs, {arch: measured step seconds}).
@@ -106,8 +111,8 @@ def plan_epochs(recipe: Recipe, archs: list[str], budget_s: float, train, test) 
                                                                                                n_train)
     b = recipe.batch_size
     step_s = {a: _step_seconds(a, train.in_chans, train.num_classes, train.size, b) for a in archs}
-    per_epoch = sum(s * (n_train // b + n_eval / b / 3) for s in step_s.values())
-    left = budget_s - (time.perf_counter() - t0) - 5 * len(archs)  # ~5 s per run to load data and save
+    per_epoch = copies * sum(s * (n_train // b + n_eval / b / 3) for s in step_s.values())
+    left = budget_s - (time.perf_counter() - t0) - 5 * len(archs) * copies  # ~5 s per run to load data and save
     epochs = max(1, math.floor(left / per_epoch))
     log.info("budget %.1f min: %s s/step -> %.0f s per epoch of all %d nets -> %d epochs", budget_s / 60,
              {a: round(s, 3) for a, s in step_s.items()}, per_epoch, len(archs), epochs)
@@ -163,12 +168,24 @@ def check_report_dir(folder: Path, known=REPORT_FILES) -> None:
                                 "replaced")
 
 
+def parse_seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(dict.fromkeys(int(t) for t in text.split(",") if t.strip()))
+    except ValueError:
+        raise ConfigError(f"seeds {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not seeds or min(seeds) < 0:
+        raise ConfigError(f"seeds {text!r}: give one or more seeds >= 0, e.g. 0,1,2")
+    return seeds
+
+
 def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *, budget_min: float = 0.0,
-                    command: str = "") -> dict:
-    """Train plain{d} and resnet{d} for every depth with `recipe`, each in out/ARCH; returns the results dict
-    (see report). `out` must be new, empty or this experiment's folder (check_report_dir): it gets the
-    marker before the first run, and a rerun reuses the finished runs of the same recipe."""
+                    command: str = "", seeds: tuple[int, ...] = ()) -> dict:
+    """Train plain{d} and resnet{d} for every depth with `recipe`, once per seed (default: recipe.seed
+    alone), each in out/ARCH (one seed) or out/seedS/ARCH; returns the results dict (see report). `out` must
+    be new, empty or this experiment's folder (check_report_dir): it gets the marker before the first run,
+    and a rerun reuses the finished runs of the same recipe."""
     out = Path(out)
+    seeds = tuple(seeds) or (recipe.seed,)
     nets = [(k, d, f"{k}{d}") for k in KINDS for d in depths]
     t0 = time.perf_counter()
     machine = machine_info(recipe.threads)  # load average before we add to it
@@ -178,26 +195,29 @@ def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *,
         raise ConfigError("say how long to train: recipe.epochs or budget_min")
     for *_, arch in nets:  # every value checked before anything is measured or written
         dataclasses.replace(recipe, epochs=max(1, recipe.epochs)).config(arch, out)
-    check_report_dir(out, known=[f"{k}{d}" for k in KINDS for d in CIFAR_DEPTHS])
+    check_report_dir(out, known=[f"{k}{d}" for k in KINDS for d in CIFAR_DEPTHS] + [f"seed{s}" for s in seeds])
     if recipe.epochs <= 0:
-        epochs, step_s = plan_epochs(recipe, [a for *_, a in nets], 60 * budget_min, train, test)
+        epochs, step_s = plan_epochs(recipe, [a for *_, a in nets], 60 * budget_min, train, test, len(seeds))
         recipe = dataclasses.replace(recipe, epochs=epochs)
     if rundir.read_marker(out) is None:
         rundir.make_dirs(out)
         rundir.write_marker(out, "degradation")
     runs = []
-    for kind, depth, arch in nets:
-        log.info("degradation: training %s (%d epochs)", arch, recipe.epochs)
-        r = _train_one(recipe, arch, out)
-        h = r["history"]
-        model = create_model(arch, num_classes=train.num_classes, in_chans=train.in_chans)
-        runs.append({"arch": arch, "kind": kind, "depth": depth, "params": sum(p.numel() for p in model.parameters()),
-                     "wall_s": r["wall_s"], "reused": r["reused"],
-                     "run_dir": str(out / arch), "history": h, "final": h[-1] if h else {}})
+    params = {arch: sum(p.numel() for p in create_model(arch, num_classes=train.num_classes,
+                                                        in_chans=train.in_chans).parameters()) for *_, arch in nets}
+    for seed in seeds:  # seed by seed: a cut-short experiment has whole seeds to show
+        seeded, where = dataclasses.replace(recipe, seed=seed), out if len(seeds) == 1 else out / f"seed{seed}"
+        for kind, depth, arch in nets:
+            log.info("degradation: training %s, seed %d (%d epochs)", arch, seed, recipe.epochs)
+            r = _train_one(seeded, arch, where)
+            h = r["history"]
+            runs.append({"arch": arch, "kind": kind, "depth": depth, "seed": seed, "params": params[arch],
+                         "wall_s": r["wall_s"], "reused": r["reused"],
+                         "run_dir": str(where / arch), "history": h, "final": h[-1] if h else {}})
     return {"experiment": "degradation", "paper": "He et al. 2016, Deep Residual Learning, sec. 4.2, Fig. 6",
-            "command": command, "recipe": dataclasses.asdict(recipe), "budget_min": budget_min,
+            "command": command, "recipe": dataclasses.asdict(recipe), "budget_min": budget_min, "seeds": list(seeds),
             "measured_step_s": step_s, "depths": list(depths), "wall_s": time.perf_counter() - t0,
-            "machine": machine, "runs": runs, "checks": checks(runs),
+            "machine": machine, "runs": runs, "summary": summarize(runs), "checks": checks(runs),
             "train_err_definitions": {
                 "train_err": "running error over the epoch's augmented training batches, train mode (as the paper)",
                 "train_eval_err": (f"eval-mode pass over the first {recipe.train_probe} training images, "
@@ -205,20 +225,47 @@ def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *,
             }}
 
 
-def checks(runs: list[dict], last: int = 3) -> list[dict]:
+def final_values(run: dict, last: int = 3) -> dict[str, float]:
+    """A run's final errors, and (one epoch's error is noisy) its training errors' means over the last `last`
+    epochs."""
+    v = {k: run["final"][k] for k in ("train_err", "train_eval_err", "test_err") if k in run["final"]}
+    tail = run.get("history", [])[-last:]
+    if len(tail) > 1:
+        v.update({f"{k} (mean of last {len(tail)} epochs)": sum(h[k] for h in tail) / len(tail)
+                  for k in ("train_err", "train_eval_err") if all(k in h for h in tail)})
+    return v
+
+
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "sd": sd, "min": min(values), "max": max(values), "n": n, "values": values}
+
+
+def summarize(runs: list[dict]) -> list[dict]:
+    """One row per net: mean, sample standard deviation, min and max over seeds of every final value."""
+    by: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r["final"]:
+            by.setdefault((r["kind"], r["depth"], r.get("arch", f"{r['kind']}{r['depth']}")), []).append(r)
+    out = []
+    for (kind, depth, arch), rs in by.items():
+        vals = [final_values(r) for r in rs]
+        keys = [k for k in vals[0] if all(k in v for v in vals)]
+        out.append({"arch": arch, "kind": kind, "depth": depth, "params": rs[0].get("params"),
+                    "seeds": [r.get("seed") for r in rs], "wall_s": sum(r.get("wall_s") or 0.0 for r in rs),
+                    "stats": {k: _stats([v[k] for v in vals]) for k in keys}})
+    return out
+
+
+def checks(runs: list[dict]) -> list[dict]:
     """For consecutive depths: does the deeper plain net end HIGHER, the deeper residual net LOWER?
 
-    Judged on the final epoch and, because one epoch's error is noisy, on the mean of the last `last` epochs.
+    Judged on the means over seeds of the final training errors and of their last-3-epoch means. With two or
+    more seeds a check is `clear` when the means differ by more than twice the larger standard deviation.
     """
-    def values(run: dict) -> dict:
-        v = {k: run["final"][k] for k in ("train_err", "train_eval_err") if k in run["final"]}
-        tail = run.get("history", [])[-last:]
-        if len(tail) > 1:
-            v.update({f"{k} (mean of last {len(tail)} epochs)": sum(h[k] for h in tail) / len(tail)
-                      for k in ("train_err", "train_eval_err") if all(k in h for h in tail)})
-        return v
-
-    by = {(r["kind"], r["depth"]): values(r) for r in runs if r["final"]}
+    by = {(s["kind"], s["depth"]): s["stats"] for s in summarize(runs)}
     depths = sorted({r["depth"] for r in runs})
     out = []
     for lo, hi in zip(depths, depths[1:]):
@@ -227,8 +274,13 @@ def checks(runs: list[dict], last: int = 3) -> list[dict]:
             if not a or not b:
                 continue
             for key in a:
-                if key in b:
-                    holds = b[key] > a[key] if want == "higher" else b[key] < a[key]
+                if key in b and key.startswith("train"):
+                    gap = b[key]["mean"] - a[key]["mean"]
+                    holds = gap > 0 if want == "higher" else gap < 0
+                    n = min(a[key]["n"], b[key]["n"])
+                    clear = bool(holds and abs(gap) > 2 * max(a[key]["sd"], b[key]["sd"])) if n > 1 else None
                     out.append({"kind": kind, "shallow": lo, "deep": hi, "metric": key, "expected": want,
-                                "shallow_err": a[key], "deep_err": b[key], "holds": bool(holds)})
+                                "shallow_err": a[key]["mean"], "deep_err": b[key]["mean"],
+                                "shallow_sd": a[key]["sd"], "deep_sd": b[key]["sd"], "seeds": n,
+                                "holds": bool(holds), "clear": clear})
     return out

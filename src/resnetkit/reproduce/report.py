@@ -14,6 +14,7 @@ import matplotlib
 from matplotlib.figure import Figure
 
 from resnetkit._helpers import atomic_write_json, atomic_write_text, machine_line
+from resnetkit.reproduce.degradation import summarize
 from resnetkit.train.report import save_figure
 
 
@@ -25,8 +26,19 @@ def command_line() -> str:
 # -- degradation ------------------------------------------------------------------------------
 
 
+def _curves(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float], list[float]] | None:
+    """(epochs, mean, min, max) over the seeds' runs of `key` in %, on the epochs every run has."""
+    n = min(len(r["history"]) for r in runs)
+    if n == 0 or not all(key in h for r in runs for h in r["history"][:n]):
+        return None
+    cols = [[100 * r["history"][i][key] for r in runs] for i in range(n)]
+    return ([h["epoch"] for h in runs[0]["history"][:n]], [sum(c) / len(c) for c in cols], [min(c) for c in cols],
+            [max(c) for c in cols])
+
+
 def plot_degradation(result: dict, path: Path) -> None:
-    """Two panels, plain | residual: training error dashed, test error solid, one colour per depth."""
+    """Two panels, plain | residual: training error dashed, test error solid, one colour per depth; with
+    several seeds the lines are means and the shading spans the seeds' lowest to highest value."""
     fig = Figure(figsize=(11, 4.2))
     axes = fig.subplots(1, 2, sharey=True)
     colours = matplotlib.colormaps["tab10"]
@@ -34,20 +46,22 @@ def plot_degradation(result: dict, path: Path) -> None:
     top = 0.0
     for ax, kind, title in zip(axes, ("plain", "resnet"), ("plain", "ResNet")):
         for i, d in enumerate(depths):
-            run = next((r for r in result["runs"] if r["kind"] == kind and r["depth"] == d), None)
-            if run is None or not run["history"]:
+            runs = [r for r in result["runs"] if r["kind"] == kind and r["depth"] == d and r["history"]]
+            if not runs:
                 continue
-            h = run["history"]
-            ep = [r["epoch"] for r in h]
-            c = colours(i)
-            name = f"{title}-{d}"
-            ax.plot(ep, [100 * r["train_err"] for r in h], "--", color=c, lw=1.5, label=f"{name} train (running)")
-            if "train_eval_err" in h[0]:
-                ax.plot(ep, [100 * r["train_eval_err"] for r in h], ":", color=c, lw=1.2,
-                        label=f"{name} train (eval mode)")
-            ax.plot(ep, [100 * r["test_err"] for r in h], "-", color=c, lw=2, label=f"{name} test")
-            top = max(top, *(100 * r["test_err"] for r in h[len(h) // 4:]),
-                      *(100 * r["train_err"] for r in h[len(h) // 4:]))
+            c, name = colours(i), f"{title}-{d}" + (f" ({len(runs)} seeds)" if len(runs) > 1 else "")
+            for key, style, lw, label in (("train_err", "--", 1.5, "train (running)"),
+                                          ("train_eval_err", ":", 1.2, "train (eval mode)"),
+                                          ("test_err", "-", 2.0, "test")):
+                curve = _curves(runs, key)
+                if curve is None:
+                    continue
+                ep, mean, lo, hi = curve
+                ax.plot(ep, mean, style, color=c, lw=lw, label=f"{name} {label}")
+                if len(runs) > 1 and key != "train_eval_err":
+                    ax.fill_between(ep, lo, hi, color=c, alpha=0.15, lw=0)
+                if key != "train_eval_err":
+                    top = max(top, *hi[len(hi) // 4:])
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -65,32 +79,56 @@ def _pct(x) -> str:
     return f"{100 * x:.2f}" if isinstance(x, float) else "-"
 
 
+def _cell(stats: dict | None) -> str:
+    """mean (+- sd over seeds when there are several) in %."""
+    if not stats:
+        return "-"
+    return _pct(stats["mean"]) + (f" ± {100 * stats['sd']:.2f}" if stats["n"] > 1 else "")
+
+
+def _verdict(c: dict) -> str:
+    if not c["holds"]:
+        return "**does NOT hold**"
+    if c.get("clear") is None:
+        return "**holds**"
+    gap, two_sd = 100 * abs(c["deep_err"] - c["shallow_err"]), 200 * max(c["shallow_sd"], c["deep_sd"])
+    return (f"**holds, clear of seed noise** (gap {gap:.2f} points > 2 sd = {two_sd:.2f})" if c["clear"] else
+            f"**holds on the means, within seed noise** (gap {gap:.2f} points <= 2 sd = {two_sd:.2f})")
+
+
 def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
     r, m = result["recipe"], result["machine"]
+    seeds = result.get("seeds") or [r["seed"]]
+    summary = result.get("summary") or summarize(result["runs"])
+    several = len(seeds) > 1
     lines = [
         "# Degradation: plain vs residual nets (He et al. 2016, Fig. 6)",
         "",
         f"![training and test error per epoch]({png_name})",
         "",
-        "Same recipe and seed for every net. Training error is recorded two ways: **running** = the error on "
+        ("Same recipe for every net, each trained once per seed (" + ", ".join(map(str, seeds)) + "): the table "
+         "gives mean ± sample standard deviation over the seeds, the figure's lines are means and its shading "
+         "spans the seeds' lowest to highest value. " if several else "Same recipe and seed for every net. ")
+        + "Training error is recorded two ways: **running** = the error on "
         "the epoch's augmented training batches in train mode (how the paper draws its curves), **eval** = "
         f"an eval-mode pass over the first {r['train_probe']} training images without augmentation. "
         f"Test error is on the first {r['test_subset'] or 'all'} test images.",
         "",
-        "| net | depth | params | train err running (%) | train err eval (%) | test err (%) | wall (s) |",
+        "| net | depth | params | train err running (%) | train err eval (%) | test err (%) | wall (s"
+        + (", all seeds) |" if several else ") |"),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in result["runs"]:
-        f = run["final"]
-        wall = f"{run['wall_s']:.0f}" if run["wall_s"] is not None else "-"
-        lines.append(f"| {run['arch']} | {run['depth']} | {run['params']:,} | {_pct(f.get('train_err'))} | "
-                     f"{_pct(f.get('train_eval_err'))} | {_pct(f.get('test_err'))} | {wall} |")
-    lines += ["", "## The paper's claim, checked at the end of training", ""]
+    for s in summary:
+        st = s["stats"]
+        wall = f"{s['wall_s']:.0f}" if s.get("wall_s") else "-"
+        lines.append(f"| {s['arch']} | {s['depth']} | {s['params']:,} | {_cell(st.get('train_err'))} | "
+                     f"{_cell(st.get('train_eval_err'))} | {_cell(st.get('test_err'))} | {wall} |")
+    lines += ["", "## The paper's claim, checked at the end of training"
+              + (f" (means over {len(seeds)} seeds)" if several else ""), ""]
     for c in result["checks"]:
-        verdict = "holds" if c["holds"] else "does NOT hold"
         net = "plain" if c["kind"] == "plain" else "residual"
         lines.append(f"- {net}-{c['deep']} ends {c['expected']} than {net}-{c['shallow']} ({c['metric']}: "
-                     f"{_pct(c['deep_err'])}% vs {_pct(c['shallow_err'])}%): **{verdict}**")
+                     f"{_pct(c['deep_err'])}% vs {_pct(c['shallow_err'])}%): {_verdict(c)}")
     lines += [
         "",
         "## Recipe",
@@ -98,7 +136,7 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
         f"- data: {r['data']}, first {r['subset'] or 'all'} training images, {r['epochs']} epochs, batch "
         f"{r['batch_size']}, SGD momentum 0.9, weight decay 1e-4, lr {r['lr']} ({r['schedule']} schedule: "
         f"divided by 10 at 50% and 75% of the run, as 32k/48k of 64k iterations in the paper), warm-up steps "
-        f"{r['warmup_steps']}, seed {r['seed']}",
+        f"{r['warmup_steps']}, " + (f"seeds {', '.join(map(str, seeds))}" if several else f"seed {r['seed']}"),
         "",
         "## How it was run",
         "",
