@@ -3,8 +3,9 @@
 Rows, for each of ResNet-18 and ResNet-50 (same global batch, same DataLoader worker count):
   ours, JPEG streaming     `resnetkit train --recipe imagenet-resnet50-classic --amp auto` on the folder
                            (streamed: workers decode, RandomResizedCrop + flip, uint8 batches)
-  torchvision reference    torchvision.models.resnetXX, fp32, ImageFolder + RandomResizedCrop + flip +
-                           ToTensor + Normalize in a DataLoader, SGD 0.1 x batch/256, momentum 0.9, wd 1e-4
+  torchvision reference    torchvision.models.resnetXX, fp32 and under bf16 autocast, ImageFolder +
+                           RandomResizedCrop + flip + ToTensor + Normalize in a DataLoader, SGD 0.1 x
+                           batch/256, momentum 0.9, wd 1e-4
   ours, in-memory batches  the same Trainer and recipe on 224 px images already in memory (the upper bound:
                            no decoding at all)
 img/s counts the timed steps after --warmup steps (start-up, the first step's allocations excluded).
@@ -74,8 +75,9 @@ def ours(arch: str, data: str, args, stream: str, watch_memory: bool = False) ->
     return rate(clock.times, args.warmup, args.batch), clock.peak, trainer.cfg.run.amp
 
 
-def reference(arch: str, root: Path, args) -> float:
-    """torchvision's reference training loop (references/classification/train.py, fp32), timed likewise."""
+def reference(arch: str, root: Path, args, amp: bool = False) -> float:
+    """torchvision's reference training loop (references/classification/train.py), timed likewise: fp32, or
+    with `amp` the step under bf16 autocast (what its --amp does with fp16 on a GPU; bf16 is the CPU's)."""
     import torchvision  # noqa: PLC0415
     from torchvision import transforms  # noqa: PLC0415
 
@@ -89,7 +91,8 @@ def reference(arch: str, root: Path, args) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=0.1 * args.batch / 256, momentum=0.9, weight_decay=1e-4)
     times = []
     for i, (x, y) in enumerate(loader):
-        loss = F.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -129,16 +132,18 @@ def main() -> None:
     print(f"\n## Training steps at 224 px, global batch {args.batch}, {args.workers} DataLoader workers, "
           f"{args.steps} timed steps after {args.warmup} warm-up steps")
     print(machine_line(args.threads) + "; the machine was shared with other jobs: compare the ratios\n")
-    print("| model | ours, JPEG streaming (img/s) | torchvision reference fp32 (img/s) | ours, in-memory (img/s) | "
-          "JPEG / in-memory | ours / reference | amp (auto) | peak PSS, JPEG run over "
-          f"{n_big} images |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | ours, JPEG streaming (img/s) | torchvision reference fp32 (img/s) | torchvision reference bf16 "
+          "autocast (img/s) | ours, in-memory (img/s) | JPEG / in-memory | ours / reference fp32 | ours / reference "
+          f"bf16 | amp (auto) | peak PSS, JPEG run over {n_big} images |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for arch in args.archs.split(","):
         jpeg, peak, amp = ours(arch, f"folder:{big}", args, "on", watch_memory=True)
         ref = reference(arch, root, args)
+        ref_bf16 = reference(arch, root, args, amp=True)
         mem, _, _ = ours(arch, f"folder:{small}", args, "off")
-        print(f"| {arch} | {jpeg:.2f} | {ref:.2f} | {mem:.2f} | {jpeg / mem:.0%} | {jpeg / ref:.2f}x | {amp} | "
-              f"{peak / 2**30:.2f} GiB |", flush=True)
+        print(f"| {arch} | {jpeg:.2f} | {ref:.2f} | {ref_bf16:.2f} | {mem:.2f} | {jpeg / mem:.0%} | "
+              f"{jpeg / ref:.2f}x | "
+              f"{jpeg / ref_bf16:.2f}x | {amp} | {peak / 2**30:.2f} GiB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ Default (`--section step`): the Trainer's own training step (augmentation, forwa
 optimizer) with `resnetkit train`'s defaults (run.amp and run.channels_last "auto", fused SGD) against
 the earlier opt-in fast path (`--amp bf16 --channels-last`, per-tensor SGD), plain fp32, and the defaults
 with foreach SGD; trials interleaved so load from elsewhere hits every row alike.
+`--section profile`: torch.profiler over the step (defaults, and defaults + --compile): self CPU time
+grouped into convolution, batch norm, relu, adds, optimizer, loss, augmentation, copies.
 `--section optimizer`: the SGD step alone, per-tensor vs foreach vs fused.
 `--section pipeline`: our in-memory batched augmentation vs a typical torchvision DataLoader pipeline
 (pad 2 + random crop 28, horizontal flip, normalise), data only and with a training step.
@@ -107,6 +109,7 @@ STEP_ROWS = {
     "fp32, contiguous, for-loop SGD (the earlier default)": ({"run.amp": "none", "run.channels_last": False},
                                                            "for-loop"),
     "defaults with foreach SGD": ({}, "foreach"),
+    "defaults + --compile (forward and backward through inductor)": ({"run.compile": True}, "fused"),
 }
 
 
@@ -128,9 +131,9 @@ def step_section(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
         for i, (name, (flags, impl)) in enumerate(STEP_ROWS.items()):
-            if trainers and not flags:  # a variant of the defaults: the same choices as the first row, not
-                first = next(iter(trainers.values())).cfg.run  # a second (noisy) start-up measurement
-                flags = {"run.amp": first.amp, "run.channels_last": first.channels_last}
+            if trainers and "run.amp" not in flags:  # a variant of the defaults: the same choices as the first
+                first = next(iter(trainers.values())).cfg.run  # row, not a second (noisy) start-up measurement
+                flags = {"run.amp": first.amp, "run.channels_last": first.channels_last, **flags}
             trainers[name] = make_trainer(flags, impl, b, Path(tmp) / str(i))
         print(f"# {machine_line(args.threads)}")
         print(f"# ResNet-20 (in_chans=1), Fashion-MNIST 28x28, batch {b}: Trainer.train_step, {args.steps} timed steps "
@@ -163,6 +166,66 @@ def step_section(args) -> None:
               f"{statistics.median(r) / base:>10.2f}x | {warm[name]:>9.2f} |", flush=True)
 
 
+# Profiler op name -> the part of the step it belongs to (first match wins; the rest is "other").
+CATEGORIES = (
+    ("convolution", ("conv", "mkldnn_convolution")),
+    ("batch norm", ("batch_norm",)),
+    ("relu", ("relu", "threshold_backward", "clamp_min")),
+    ("residual add / grad accumulation", ("aten::add", "add_")),
+    ("optimizer", ("sgd", "_foreach", "lerp")),
+    ("loss + metrics", ("cross_entropy", "log_softmax", "nll_loss", "argmax", "aten::ne", "aten::sum",
+                        "aten::stack")),
+    ("augmentation + normalise", ("index", "gather", "where", "flip", "aten::sub", "aten::div", "pad", "randint",
+                                  "aten::rand", "bernoulli")),
+    ("pooling + classifier", ("pool", "mean", "addmm", "aten::mm", "linear")),
+    ("layout / dtype copies", ("copy_", "to_copy", "contiguous", "clone", "empty_like")),
+    ("compiled kernels", ("graph_", "cpp_fused", "compiledfunction", "torch-compiled")),
+)
+
+
+def category(op: str) -> str:
+    low = op.lower()
+    return next((name for name, keys in CATEGORIES if any(k in low for k in keys)), "other")
+
+
+def profile_section(args) -> None:
+    """torch.profiler over the Trainer's step: self CPU time per op, grouped into the parts of a step."""
+    from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
+
+    b = args.batch_size
+    rows = {"defaults": {}, "defaults + --compile": {"run.compile": True}}
+    print(f"# {machine_line(args.threads)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for k, (name, flags) in enumerate(rows.items()):
+            t = make_trainer(flags, "fused", b, Path(tmp) / str(k))
+            batches = epoch_batches(len(t.task.train_set), b, 0, 0)
+            t.train_model.train()
+            for _ in range(args.warmup):
+                t.train_step(*next(batches))
+            t0 = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(args.steps):
+                    t.train_step(*next(batches))
+            wall = time.perf_counter() - t0
+            events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+            total = sum(e.self_cpu_time_total for e in events)
+            parts: dict[str, float] = {}
+            for e in events:
+                parts[category(e.key)] = parts.get(category(e.key), 0.0) + e.self_cpu_time_total
+            print(f"\n## {name}: amp={t.cfg.run.amp} channels_last={t.cfg.run.channels_last}; {args.steps} profiled "
+                  f"steps, {1e3 * wall / args.steps:.1f} ms/step wall under the profiler "
+                  f"({args.steps * b / wall:.0f} img/s)\n")
+            print("| part of the step | self CPU ms/step | share |")
+            print("|---|---:|---:|")
+            for part, us in sorted(parts.items(), key=lambda kv: -kv[1]):
+                print(f"| {part} | {us / 1e3 / args.steps:.2f} | {us / total:.1%} |")
+            print("\n| op (top 12 by self CPU time) | calls/step | self CPU ms/step |")
+            print("|---|---:|---:|")
+            for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]:
+                ms = e.self_cpu_time_total / 1e3 / args.steps
+                print(f"| `{e.key[:70]}` | {e.count / args.steps:.0f} | {ms:.2f} |")
+
+
 def optimizer_section(args) -> None:
     """SGD's step alone over ResNet-20's parameters (with momentum and weight decay as the Trainer's groups
     have them): per-tensor loop vs foreach vs fused, chunks of 20 steps interleaved, median per step."""
@@ -192,7 +255,7 @@ def optimizer_section(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--section", choices=["step", "optimizer", "pipeline"], default="step")
+    ap.add_argument("--section", choices=["step", "optimizer", "pipeline", "profile"], default="step")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
@@ -205,6 +268,8 @@ def main() -> None:
         return step_section(args)
     if args.section == "optimizer":
         return optimizer_section(args)
+    if args.section == "profile":
+        return profile_section(args)
     train, _ = load_dataset("fashion_mnist")
     b = args.batch_size
     pipelines = {

@@ -158,6 +158,25 @@ def test_ema_averages_weights():
     assert torch.allclose(ema.module.weight, start + 1.0)
 
 
+def test_ema_keeps_averaging_after_a_state_is_loaded():
+    # BatchNorm: float buffers are averaged, the integer step count copied; a loaded state (a resume) must
+    # land in the tensors the next updates average.
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = EMA(m, decay=0.5)
+    ema.update(m)
+    saved = {k: v.clone() for k, v in ema.state_dict().items()}
+    saved["0.weight"].fill_(4.0)
+    ema.load_state_dict(saved)
+    with torch.no_grad():
+        m[0].weight.fill_(2.0)
+        m[1].running_mean.fill_(6.0)
+        m[1].num_batches_tracked.fill_(7)
+    ema.update(m)
+    assert torch.allclose(ema.module[0].weight, torch.full((2, 2), 3.0))
+    assert torch.allclose(ema.module[1].running_mean, torch.full((2,), 3.0))  # (0 + 6) / 2
+    assert int(ema.module[1].num_batches_tracked) == 7
+
+
 def test_plan_total_steps_arithmetic():
     # 600 s budget, 100 s spent, 0.5 s/step, 10 s per evaluation every 100 steps, 20 s reserve:
     # (600 - 100 - 20 - 10) / (0.5 + 10 / 100) = 783 more steps.

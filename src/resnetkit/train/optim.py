@@ -54,15 +54,19 @@ class EMA:
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
         self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self._pairs = None  # (averaged tensors, the model's, (copied, source) pairs), made at the first update
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        src = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            if v.dtype.is_floating_point:
-                v.lerp_(src[k], 1 - self.decay)
-            else:
-                v.copy_(src[k])
+        if self._pairs is None:  # loading a state copies into these tensors, so they stay the ones to update
+            src, dst = model.state_dict(), self.module.state_dict()
+            floats = [k for k, v in dst.items() if v.dtype.is_floating_point]
+            self._pairs = ([dst[k] for k in floats], [src[k] for k in floats],
+                           [(v, src[k]) for k, v in dst.items() if not v.dtype.is_floating_point])
+        mine, theirs, others = self._pairs
+        torch._foreach_lerp_(mine, theirs, 1 - self.decay)  # one fused call instead of one per tensor
+        for v, s in others:
+            v.copy_(s)
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

@@ -369,6 +369,8 @@ class Trainer:
         self.stop_signal = signum
 
     def _stop_requested(self) -> bool:
+        if self.d.world == 1:  # no collective, and no host-device sync on a GPU every step
+            return self.stop_signal is not None
         flag = torch.tensor(1.0 if self.stop_signal else 0.0, device=self.d.device)
         return float(distributed.all_reduce_sum(flag, self.d)) > 0
 
