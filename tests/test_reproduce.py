@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -214,3 +215,15 @@ def test_checks_with_seeds_say_whether_the_gap_clears_the_noise():
     assert out["plain"]["holds"] and out["plain"]["clear"] is True and out["plain"]["seeds"] == 3
     assert out["resnet"]["holds"] and out["resnet"]["clear"] is False
     assert out["resnet"]["deep_sd"] == pytest.approx(0.02)
+
+
+def test_render_reads_a_report_of_an_earlier_version(tmp_path, capsys):
+    """docs/results/degradation.json was written by an earlier resnetkit (one seed, fewer machine fields)."""
+    committed = Path(__file__).resolve().parent.parent / "docs" / "results" / "degradation.json"
+    out = tmp_path / "r"
+    assert main(["reproduce", "degradation", "--render", str(committed), "--out", str(out)]) == 0
+    text = (out / "degradation.md").read_text()
+    assert "| resnet56 | 56 |" in text and "torch 2.14.1" in text
+    assert "\n- machine: AMD EPYC, 2 usable cores, threads=1, load average 2.38" in text
+    assert "clear of seed noise" not in text and "within seed noise**" not in text  # one seed: no such claim
+    assert "resnet56" in capsys.readouterr().out

@@ -206,6 +206,8 @@ def machine_line(info: dict | None = None) -> str:
     m = info or machine_info()
     dev = f"GPU {m['gpu']}, " if "gpu" in m else ""
     load = f", load average {m['load_avg_1_5_15'][0]} at the start" if "load_avg_1_5_15" in m else ""
-    return (f"machine: {dev}{m['cpu']}, {m.get('usable_cores', m['cores'])} usable cores, threads={m['threads']}"
-            f"{load} | python {m['python']}, torch {m['torch']}, torchvision {m['torchvision']}, "
-            f"onnxruntime {m['onnxruntime']}")
+    # Reports written by earlier versions recorded fewer fields (cpu_count, torch_threads): say what they have.
+    cores = m.get("usable_cores", m.get("cores", m.get("cpu_count", "?")))
+    threads = m.get("threads", m.get("torch_threads", "?"))
+    versions = ", ".join(f"{k} {m[k]}" for k in ("python", "torch", "torchvision", "onnxruntime") if k in m)
+    return f"machine: {dev}{m.get('cpu', 'unknown CPU')}, {cores} usable cores, threads={threads}{load} | {versions}"

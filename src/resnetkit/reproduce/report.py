@@ -146,7 +146,7 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
         "",
         f"- wall time: {result['wall_s'] / 60:.1f} min for all {len(result['runs'])} runs"
         + (f" (budget {result['budget_min']} min)" if result["budget_min"] else ""),
-        f"- machine: {machine_line(m)}",
+        f"- {machine_line(m)}",
     ]
     if result.get("measured_step_s"):
         lines.append("- measured step time before planning (s/step, batch {}): {}".format(
@@ -186,7 +186,7 @@ def cifar_markdown(result: dict) -> str:
         "```",
         "",
         f"- wall time: {result['wall_s'] / 60:.1f} min",
-        f"- machine: {machine_line(result['machine'])}",
+        f"- {machine_line(result['machine'])}",
     ]
     if result["step"] < result["paper_steps"]:
         lines.append(f"- stopped after {result['step']} of the recipe's {result['paper_steps']} steps "
