@@ -198,6 +198,7 @@ def test_degradation_with_seeds_reports_mean_and_spread(tmp_path, capsys):
     assert "seed noise" in capsys.readouterr().out
     # Rerunning reuses every seed's runs; a bad list is one line.
     assert main(args) == 0 and all(x["reused"] for x in json.loads((out / "degradation.json").read_text())["runs"])
+    assert "which reused 8 of the 8 runs from earlier ones" in (out / "degradation.md").read_text()
     assert main([*args[:-4], "--seeds", "0,x", "--out", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err
     assert "seeds '0,x'" in err and "comma-separated integers" in err and "Traceback" not in err
@@ -218,8 +219,8 @@ def test_checks_with_seeds_say_whether_the_gap_clears_the_noise():
 
 
 def test_render_reads_a_report_of_an_earlier_version(tmp_path, capsys):
-    """docs/results/degradation.json was written by an earlier resnetkit (one seed, fewer machine fields)."""
-    committed = Path(__file__).resolve().parent.parent / "docs" / "results" / "degradation.json"
+    """docs/results/degradation_seed0_augmented.json: written by an earlier resnetkit (one seed, fewer machine fields)."""
+    committed = Path(__file__).resolve().parent.parent / "docs" / "results" / "degradation_seed0_augmented.json"
     out = tmp_path / "r"
     assert main(["reproduce", "degradation", "--render", str(committed), "--out", str(out)]) == 0
     text = (out / "degradation.md").read_text()
@@ -227,3 +228,16 @@ def test_render_reads_a_report_of_an_earlier_version(tmp_path, capsys):
     assert "\n- machine: AMD EPYC, 2 usable cores, threads=1, load average 2.38" in text
     assert "clear of seed noise" not in text and "within seed noise**" not in text  # one seed: no such claim
     assert "resnet56" in capsys.readouterr().out
+
+
+def test_degradation_without_augmentation(tmp_path):
+    out = tmp_path / "deg"
+    assert main(["reproduce", "degradation", "--data", "digits", "--depths", "20,32", "--epochs", "1", "--subset", "64",
+                 "--batch-size", "32", "--test-subset", "32", "--train-probe", "32", "--threads", "1", "--no-augment",
+                 "--out", str(out)]) == 0
+    r = json.loads((out / "degradation.json").read_text())
+    assert r["recipe"]["augment"] is False and "augmented" not in r["train_err_definitions"]["train_err"]
+    for arch in ("plain20", "resnet32"):  # every net trained on the images as they are
+        data = json.loads((out / "runs" / arch / "config.json").read_text())["data"]
+        assert (data["pad"], data["flip"]) == (0, False)
+    assert "this run trains without augmentation" in (out / "degradation.md").read_text()

@@ -237,6 +237,14 @@ def test_config_overrides_file_and_errors(tmp_path):
         resolve(None, [], {})
 
 
+def test_the_word_none_in_an_override_is_a_value_where_none_is_a_choice():
+    cfg = resolve(None, ["run.amp=none", "data.auto_augment=none", "data.eval_tta=none", "data.data_dir=none"],
+                  {"schedule.epochs": 1})
+    assert (cfg.run.amp, cfg.data.auto_augment, cfg.data.eval_tta, cfg.data.data_dir) == ("none", "none", "none", None)
+    with pytest.raises(ConfigError, match="model.arch=None is not a valid string"):
+        resolve(None, ["model.arch=none"], {"schedule.epochs": 1})
+
+
 def test_config_errors_carry_the_key_and_where_it_came_from(tmp_path):
     """The library names keys and config files; the origin travels with the error so the CLI can name the
     flag, the --set or the --config file instead."""
@@ -332,6 +340,27 @@ def test_hooks_max_steps_holdout_and_eval_subset(tmp_path, one_thread):
     # Steps 4 and 5 follow the 8-step schedule (lr / 10 from its half-way point), not a 6-step one.
     assert rows[-1]["lr"] == pytest.approx(lr_at(5, 8, cfg.optim.lr, cfg.schedule)) == pytest.approx(0.01)
     assert rows[-1]["test_err"] * 50 == pytest.approx(round(rows[-1]["test_err"] * 50))  # 50 evaluation images
+
+
+def test_final_evaluation_adds_flip_tta_when_training_flips(tmp_path, one_thread):
+    from resnetkit.cli import main as cli
+    from resnetkit.train import evaluate_file
+
+    def train(out, *sets):
+        argv = ["train", "--model", "resnet20", "--data", "digits", "--batch-size", "32", "--epochs", "2", "--amp",
+                "none", "--no-channels-last", "--set", "data.subset=128", "--out", str(out)]
+        assert cli(argv + [f for kv in sets for f in ("--set", kv)]) == 0
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    rows = train(tmp_path / "flip", "data.flip=true")  # eval_tta=auto: training flips, so the final eval adds TTA
+    assert "test_err_flip" not in rows[0] and 0 <= rows[-1]["test_err_flip"] <= 1
+    assert read_card(tmp_path / "flip" / "model.safetensors").metrics["test_top1_err_flip_tta"] == rows[-1][
+        "test_err_flip"]
+    # The same figure as `resnetkit eval --tta flip` on the same (test) images.
+    ev = evaluate_file(tmp_path / "flip" / "model.safetensors", "digits", tta="flip")
+    assert ev["top1"] == pytest.approx(1 - rows[-1]["test_err_flip"], abs=1e-9)
+    assert "test_err_flip" not in train(tmp_path / "plain")[-1]  # digits do not flip: no mirror at eval either
+    assert "test_err_flip" not in train(tmp_path / "off", "data.flip=true", "data.eval_tta=none")[-1]
 
 
 def test_rng_state_survives_weights_only_load(tmp_path):

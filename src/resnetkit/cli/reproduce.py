@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=int, default=128)
     d.add_argument("--lr", type=float, default=0.1)
     d.add_argument("--warmup-steps", type=int, default=0)
+    d.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train without the dataset's pad-and-crop and flip (every net sees the images themselves)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--seeds", metavar="LIST", help="comma-separated seeds, e.g. 0,1,2: every net trains once per "
                    "seed (OUT/runs/seedS/ARCH); the report gives mean and spread, and says whether each gap is "
@@ -125,7 +127,8 @@ def cmd_degradation(args: argparse.Namespace) -> int:
     check_report_dir(out)
     recipe = Recipe(data=args.data, data_dir=args.data_dir, subset=args.subset, epochs=args.epochs or 0,
                     batch_size=args.batch_size, lr=args.lr, seed=seeds[0], threads=args.threads,
-                    warmup_steps=args.warmup_steps, test_subset=args.test_subset, train_probe=args.train_probe)
+                    warmup_steps=args.warmup_steps, test_subset=args.test_subset, train_probe=args.train_probe,
+                    augment=args.augment)
     result = run_degradation(recipe, depths, out / "runs", budget_min=args.budget_min or 0.0, command=command_line(),
                              seeds=seeds)
     paths = write_degradation(result, out, _note(args.note))

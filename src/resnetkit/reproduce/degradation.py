@@ -58,9 +58,14 @@ class Recipe:
     warmup_steps: int = 0
     test_subset: int = 2000  # evaluate on the first N test images each epoch (0 = all)
     train_probe: int = 1000  # eval-mode pass over the first N training images each epoch (0 = off)
+    # The dataset's pad-and-crop and flip. Off, training error measures how well each net fits the images
+    # themselves, free of the noise that random crops and flips add to the running error.
+    augment: bool = True
 
     def config(self, arch: str, out: Path) -> TrainConfig:
         sets = [f"schedule.name={self.schedule}", f"schedule.warmup_steps={self.warmup_steps}"]
+        if not self.augment:
+            sets += ["data.pad=0", "data.flip=false"]
         flags = {"model.arch": arch, "data.name": self.data, "data.data_dir": self.data_dir,
                  "data.subset": self.subset, "data.eval_subset": self.test_subset,
                  "data.batch_size": self.batch_size, "optim.lr": self.lr,
@@ -219,7 +224,8 @@ def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *,
             "measured_step_s": step_s, "depths": list(depths), "wall_s": time.perf_counter() - t0,
             "machine": machine, "runs": runs, "summary": summarize(runs), "checks": checks(runs),
             "train_err_definitions": {
-                "train_err": "running error over the epoch's augmented training batches, train mode (as the paper)",
+                "train_err": (f"running error over the epoch's {'augmented ' if recipe.augment else ''}training "
+                              "batches, train mode (as the paper)"),
                 "train_eval_err": (f"eval-mode pass over the first {recipe.train_probe} training images, "
                                    "no augmentation"),
             }}

@@ -96,6 +96,17 @@ def _verdict(c: dict) -> str:
             f"**holds on the means, within seed noise** (gap {gap:.2f} points <= 2 sd = {two_sd:.2f})")
 
 
+def _wall_line(result: dict) -> str:
+    runs = result["runs"]
+    reused = sum(bool(r.get("reused")) for r in runs)
+    line = f"- wall time: {result['wall_s'] / 60:.1f} min for all {len(runs)} runs"
+    if reused:  # their training happened in earlier invocations: the table's wall column has their own times
+        trained = sum(r.get("wall_s") or 0.0 for r in runs)
+        line = (f"- wall time: {result['wall_s'] / 60:.1f} min for this invocation, which reused {reused} of the "
+                f"{len(runs)} runs from earlier ones; the runs' own training time adds up to {trained / 60:.1f} min")
+    return line + (f" (budget {result['budget_min']} min)" if result["budget_min"] else "")
+
+
 def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
     r, m = result["recipe"], result["machine"]
     seeds = result.get("seeds") or [r["seed"]]
@@ -110,7 +121,9 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
          "gives mean ± sample standard deviation over the seeds, the figure's lines are means and its shading "
          "spans the seeds' lowest to highest value. " if several else "Same recipe and seed for every net. ")
         + "Training error is recorded two ways: **running** = the error on "
-        "the epoch's augmented training batches in train mode (how the paper draws its curves), **eval** = "
+        f"the epoch's {'augmented ' if r.get('augment', True) else ''}training batches in train mode (how the "
+        f"paper draws its curves{'' if r.get('augment', True) else '; this run trains without augmentation'}), "
+        "**eval** = "
         f"an eval-mode pass over the first {r['train_probe']} training images without augmentation. "
         f"Test error is on the first {r['test_subset'] or 'all'} test images.",
         "",
@@ -144,8 +157,7 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
         result["command"],
         "```",
         "",
-        f"- wall time: {result['wall_s'] / 60:.1f} min for all {len(result['runs'])} runs"
-        + (f" (budget {result['budget_min']} min)" if result["budget_min"] else ""),
+        _wall_line(result),
         f"- {machine_line(m)}",
     ]
     if result.get("measured_step_s"):

@@ -183,16 +183,32 @@ class ClassificationTask(Task):
         n = max(1.0, float(sums[2]))
         return {"loss": f"{float(sums[0]) / n:.3f}", "acc": f"{1 - float(sums[1]) / n:.3f}"}
 
-    def evaluate(self, model: torch.nn.Module, d: Dist) -> dict:
+    def eval_flip(self) -> bool:
+        """Does the final evaluation add flip-TTA? data.eval_tta; auto: when training flips the images."""
+        c = self.cfg.data
+        if c.eval_tta != "auto":
+            return c.eval_tta == "flip"
+        return (True if c.flip is None else c.flip) if self.streamed else self.aug.flip
+
+    def final_eval_passes(self) -> int:
+        return 2 if self.eval_flip() else 1
+
+    def evaluate(self, model: torch.nn.Module, d: Dist, final: bool = False) -> dict:
         c, r = self.cfg.data, self.cfg.run
+        flip = final and self.eval_flip()
         ev = evaluate(model, self.eval_set, batch_size=c.eval_batch_size, amp=r.amp, channels_last=r.channels_last,
-                      d=d)
-        return {"test_loss": ev["loss"], "test_err": 1 - ev["top1"], "test_top5_err": 1 - ev["top5"]}
+                      d=d, flip=flip)
+        row = {"test_loss": ev["loss"], "test_err": 1 - ev["top1"], "test_top5_err": 1 - ev["top5"]}
+        if flip:
+            row.update(test_loss_flip=ev["flip"]["loss"], test_err_flip=1 - ev["flip"]["top1"])
+        return row
 
     def card(self, row: dict) -> dict:
         t = self.train_set
-        return {"class_names": t.class_names, "preprocessing": t.preprocessing(),
-                "metrics": {"test_top1_err": row["test_err"]}}
+        metrics = {"test_top1_err": row["test_err"]}
+        if "test_err_flip" in row:
+            metrics["test_top1_err_flip_tta"] = row["test_err_flip"]
+        return {"class_names": t.class_names, "preprocessing": t.preprocessing(), "metrics": metrics}
 
     def describe(self) -> str:
         return f"{self.cfg.model.arch} on {self.cfg.data.name}: {len(self.train_set)} images"
@@ -202,4 +218,7 @@ class ClassificationTask(Task):
                 f"{row['test_loss']:.4f} err {100 * row['test_err']:.2f}%")
 
     def final_summary(self, row: dict) -> str:
-        return f"test error {100 * row['test_err']:.2f}% (top-1 accuracy {100 * (1 - row['test_err']):.2f}%)"
+        text = f"test error {100 * row['test_err']:.2f}% (top-1 accuracy {100 * (1 - row['test_err']):.2f}%"
+        if "test_err_flip" in row:
+            text += f"; with flip-TTA {100 * (1 - row['test_err_flip']):.2f}%"
+        return text + ")"

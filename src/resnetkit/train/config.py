@@ -107,6 +107,9 @@ class ClassificationDataConfig:
     subset: int = 0  # train on the first N training images only (0 = all)
     holdout: int = 0  # evaluate on the last N training images instead of the test split, train on the rest
     eval_subset: int = 0  # evaluate on the first N images of the evaluation split only (0 = all)
+    # The final evaluation also with flip-TTA (the image and its mirror; the row's test_err_flip): auto = when
+    # training flips. Per-epoch evaluations stay single-view, so the curves compare across runs.
+    eval_tta: str = "auto"  # auto | none | flip
     pad: int | None = None  # pad-and-crop pixels; None = the dataset's default (4 for 32 px, 2 for 28 px)
     flip: bool | None = None  # horizontal flip; None = the dataset's default (off for digits)
     cutout: int = 0
@@ -219,6 +222,7 @@ RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "data.w
 
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+NONE_IS_A_WORD = ("run.amp", "data.auto_augment", "data.eval_tta")  # string fields whose choices include "none"
 
 # Upper bounds that only stop a typo from asking for years of training or terabytes of memory.
 MAX_STEPS = 10**9
@@ -333,6 +337,8 @@ def _coerce(value, tp, key: str):
     elif tp is str:
         if isinstance(value, str):
             return value
+        if value is None and key in NONE_IS_A_WORD:  # `--set run.amp=none` parses as null but means the word
+            return "none"
         if _number(value):  # --set run.out=2024 parses as a number
             return str(value)
     elif origin_tp is tuple or tp is tuple:
@@ -619,6 +625,7 @@ def check(cfg: TrainConfig) -> None:
         for key in ("data.mixup_alpha", "data.cutmix_alpha"):
             _in_range(cfg, key, 0, 100)
         _choice(cfg, "data.stream", ("auto", "on", "off"))
+        _choice(cfg, "data.eval_tta", ("auto", "none", "flip"))
         _in_range(cfg, "data.workers", 0, 256, whole=True)
         _in_range(cfg, "data.crop_min_scale", 0, 1, lo_open=True)
         _require(d.val_path is None or (d.val_path.strip() != "" and "\0" not in d.val_path),

@@ -35,23 +35,46 @@ def _check_batch_size(batch_size: int) -> None:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
 
 
+class _Sums:
+    """Running classification sums for one view of the evaluation (plain, or flip-TTA)."""
+
+    def __init__(self, k: int, device):
+        self.k = k
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.top5 = torch.zeros((), dtype=torch.int64, device=device)
+        self.confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss += F.cross_entropy(logits, y, reduction="sum").double()
+        top = logits.topk(min(5, self.k), dim=1).indices  # (B, 5)
+        self.top5 += (top == y[:, None]).any(dim=1).sum()
+        self.confusion += torch.bincount(y * self.k + top[:, 0], minlength=self.k * self.k)
+
+    def result(self, d: Dist) -> dict:
+        for t in (self.loss, self.top5, self.confusion):
+            distributed.all_reduce_sum(t, d)
+        confusion = self.confusion.view(self.k, self.k).cpu()
+        correct, n = int(confusion.diag().sum()), int(confusion.sum())  # n: the images read (streamed: readable)
+        return {"n": n, "loss": float(self.loss) / max(1, n), "top1": correct / max(1, n),
+                "top5": int(self.top5) / max(1, n), "confusion": confusion}
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data, *, batch_size: int = 500, amp: str = "none",
-             channels_last: bool = False, d: Dist = Dist()) -> dict:
+             channels_last: bool = False, d: Dist = Dist(), flip: bool = False) -> dict:
     """Classification: {"loss", "top1", "top5", "n", "confusion" (K, K) int64: rows true, columns predicted}.
 
     `data` is an ImageSet or a streamed set (StreamSet, ShardSet: read by DataLoader workers); `model` is a
     model or a backend (resnetkit.export.make_backend). Each DDP rank evaluates its part of the split
-    (`data.eval_batches`); the sums are all-reduced.
+    (`data.eval_batches`); the sums are all-reduced. With `flip` the same pass also runs each batch's mirror
+    and the result gains "flip": the same keys for the averaged probabilities (flip-TTA, as
+    resnetkit.export.tta), at the cost of one more forward pass.
     """
     _check_batch_size(batch_size)
     model.eval()
     device = next(model.parameters()).device
-    k = data.num_classes
     mean, std = torch.tensor(data.mean), torch.tensor(data.std)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    top5 = torch.zeros((), dtype=torch.int64, device=device)
-    confusion = torch.zeros(k * k, dtype=torch.int64, device=device)
+    plain, tta = _Sums(data.num_classes, device), _Sums(data.num_classes, device)
     for images, labels in data.eval_batches(d.rank, d.world, batch_size):  # uint8 (B, C, H, W), (B,)
         if not len(labels):  # a streamed batch whose images were all unreadable (skipped and logged)
             continue
@@ -59,18 +82,13 @@ def evaluate(model: torch.nn.Module, data, *, batch_size: int = 500, amp: str = 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-        top = logits.topk(min(5, k), dim=1).indices  # (B, 5)
-        top5 += (top == y[:, None]).any(dim=1).sum()
-        confusion += torch.bincount(y * k + top[:, 0], minlength=k * k)
-    for t in (loss_sum, top5, confusion):
-        distributed.all_reduce_sum(t, d)
-    confusion = confusion.view(k, k).cpu()
-    correct, n = int(confusion.diag().sum()), int(confusion.sum())  # n: the images read (streamed: readable)
-    return {"n": n, "loss": float(loss_sum) / max(1, n), "top1": correct / max(1, n), "top5": int(top5) / max(1, n),
-            "confusion": confusion}
+            logits = model(x).float()
+            mirrored = model(x.flip(-1)).float() if flip else None
+        plain.add(logits, y)
+        if flip:
+            tta.add(((logits.softmax(1) + mirrored.softmax(1)) / 2).clamp_min(1e-12).log(), y)
+    out = plain.result(d)
+    return {**out, "flip": tta.result(d)} if flip else out
 
 
 @torch.no_grad()

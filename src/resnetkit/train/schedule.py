@@ -52,16 +52,17 @@ class BudgetPlan:
 
 
 def plan_total_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: float,
-                     steps_per_epoch: int, eval_s: float, reserve_s: float = 0.0) -> int:
+                     steps_per_epoch: int, eval_s: float, reserve_s: float = 0.0, final_evals: float = 1.0) -> int:
     """How many steps in all so that training, the per-epoch evaluations and the final save end at budget_s.
 
     elapsed_s is the wall time already spent (set-up included), step_s the measured time of one step,
     eval_s the time of one evaluation pass (one runs after each epoch and one at the end), reserve_s a
-    margin for writing the final files. Always returns at least steps_done + 1.
+    margin for writing the final files, final_evals what the final evaluation costs in evaluation passes (2 with
+    flip-TTA). Always returns at least steps_done + 1.
     """
     # Each further step costs its own time plus its share of the evaluation after every epoch.
     per_step = step_s + eval_s / max(1, steps_per_epoch)
-    left = budget_s - elapsed_s - reserve_s - eval_s  # the final evaluation always happens
+    left = budget_s - elapsed_s - reserve_s - eval_s * final_evals  # the final evaluation always happens
     return max(steps_done + 1, steps_done + int(left / per_step))
 
 
@@ -77,7 +78,9 @@ class BudgetPlanner:
     """
 
     def __init__(self, budget_s: float, steps_per_epoch: int, start_time: float, clock, *, skip: int = 3,
-                 probe: int = 10, every: int = 25, reserve_s: float = 2.0, eval_guess_steps: float = 10.0):
+                 probe: int = 10, every: int = 25, reserve_s: float = 2.0, eval_guess_steps: float = 10.0,
+                 final_evals: float = 1.0):
+        self.final_evals = final_evals  # the final evaluation's cost in evaluation passes (flip-TTA: 2)
         self.budget_s, self.steps_per_epoch, self.t0, self.clock = budget_s, steps_per_epoch, start_time, clock
         self.skip, self.probe, self.every, self.reserve_s = skip, probe, every, reserve_s
         # Until an evaluation has been timed, one is guessed to cost this many training steps.
@@ -118,7 +121,7 @@ class BudgetPlanner:
     def _plan(self, steps_done: int) -> int:
         eval_s = self.eval_s if self.eval_s is not None else self.step_s * self.eval_guess_steps
         total = plan_total_steps(self.budget_s, self.clock() - self.t0, steps_done, self.step_s,
-                                 self.steps_per_epoch, eval_s, self.reserve_s)
+                                 self.steps_per_epoch, eval_s, self.reserve_s, self.final_evals)
         # A run that would end just past an epoch boundary ends on it: no near-empty last epoch.
         spill = total % self.steps_per_epoch
         if total > self.steps_per_epoch and spill < 0.05 * self.steps_per_epoch and total - spill > steps_done:

@@ -165,7 +165,7 @@ class SegmentationTask(Task):
         m = self.train_metrics(sums)
         return {"loss": f"{m['train_loss']:.3f}", "pixel_acc": f"{m['train_pixel_acc']:.3f}"}
 
-    def evaluate(self, model: torch.nn.Module, d: Dist) -> dict:
+    def evaluate(self, model: torch.nn.Module, d: Dist, final: bool = False) -> dict:
         c, r = self.cfg.data, self.cfg.run
         ev = evaluate_segmentation(model, self.eval_set, self.mean, self.std, batch_size=c.eval_batch_size,
                                    amp=r.amp, channels_last=r.channels_last, d=d)

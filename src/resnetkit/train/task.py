@@ -21,7 +21,8 @@ Contract, in the order the Trainer uses it:
                                the loss summed over images, so the Trainer can spot a non-finite loss
   train_metrics(sums)          the epoch row's training entries from sums over the epoch (all processes)
   progress(sums)               short {name: text} for the progress bar (this process's sums)
-  evaluate(model, d)           the epoch row's evaluation entries (every rank calls it; pass d= on)
+  evaluate(model, d, final)    the epoch row's evaluation entries (every rank calls it; pass d= on); final:
+                               the run's last evaluation (classification may add flip-TTA then)
   card(row)                    class_names, preprocessing and metrics for the final weights file
   PANELS                       the learning curves to draw (resnetkit.train.report.Panel)
   describe(), summary(row), final_summary(row)   text for the log
@@ -101,8 +102,12 @@ class Task:
     def progress(self, sums: torch.Tensor) -> dict[str, str]:
         return {}
 
-    def evaluate(self, model: torch.nn.Module, d: Dist) -> dict:
+    def evaluate(self, model: torch.nn.Module, d: Dist, final: bool = False) -> dict:
         raise NotImplementedError
+
+    def final_eval_passes(self) -> int:
+        """What the final evaluation costs in evaluation passes (the budget planner keeps time for it)."""
+        return 1
 
     def card(self, row: dict) -> dict:
         raise NotImplementedError

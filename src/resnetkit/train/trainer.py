@@ -112,7 +112,7 @@ class Trainer:
             # An evaluation image costs about a third of a training image (forward only).
             eval_guess = len(self.task.eval_set) / cfg.data.batch_size / 3
             self.planner = BudgetPlanner(60 * cfg.schedule.budget_min, self.spe, self.t_start, clock,
-                                         eval_guess_steps=eval_guess)
+                                         eval_guess_steps=eval_guess, final_evals=self.task.final_eval_passes())
         # The one wrapping place: DDP (and SyncBatchNorm) for training, then optionally torch.compile.
         self.ddp_model = distributed.wrap(self.model, self.d, cfg.model.sync_bn)
         self.train_model = torch.compile(self.ddp_model) if cfg.run.compile else self.ddp_model
@@ -419,7 +419,7 @@ class Trainer:
         t0 = self.clock()
         distributed.broadcast_buffers(self.model, self.d)
         distributed.broadcast_buffers(self.eval_model(), self.d)
-        ev = self.task.evaluate(self.eval_model(), self.d)
+        ev = self.task.evaluate(self.eval_model(), self.d, final=self.step >= self.stop_at)
         if self.planner is not None:
             self.total = self.planner.after_eval(self.step, self.total, self.clock() - t0)
         if self.batch_in_epoch >= self.spe or self.step >= self.stop_at:
