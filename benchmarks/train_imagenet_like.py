@@ -131,7 +131,7 @@ def main() -> None:
     n_big = sum(1 for _ in big.rglob("*.jpg"))
     print(f"\n## Training steps at 224 px, global batch {args.batch}, {args.workers} DataLoader workers, "
           f"{args.steps} timed steps after {args.warmup} warm-up steps")
-    print(machine_line(args.threads) + "; the machine was shared with other jobs: compare the ratios\n")
+    print(machine_line(args.threads) + "; rows run one after another: compare the ratios\n")
     print("| model | ours, JPEG streaming (img/s) | torchvision reference fp32 (img/s) | torchvision reference bf16 "
           "autocast (img/s) | ours, in-memory (img/s) | JPEG / in-memory | ours / reference fp32 | ours / reference "
           f"bf16 | amp (auto) | peak PSS, JPEG run over {n_big} images |")

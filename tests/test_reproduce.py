@@ -219,7 +219,7 @@ def test_checks_with_seeds_say_whether_the_gap_clears_the_noise():
 
 
 def test_render_reads_a_report_of_an_earlier_version(tmp_path, capsys):
-    """docs/results/degradation_seed0_augmented.json: written by an earlier resnetkit (one seed, fewer machine fields)."""
+    """The single-seed report of an earlier resnetkit (fewer machine fields), kept in docs/results."""
     committed = Path(__file__).resolve().parent.parent / "docs" / "results" / "degradation_seed0_augmented.json"
     out = tmp_path / "r"
     assert main(["reproduce", "degradation", "--render", str(committed), "--out", str(out)]) == 0

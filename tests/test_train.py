@@ -363,6 +363,24 @@ def test_final_evaluation_adds_flip_tta_when_training_flips(tmp_path, one_thread
     assert "test_err_flip" not in train(tmp_path / "off", "data.flip=true", "data.eval_tta=none")[-1]
 
 
+@pytest.mark.parametrize("epochs, pad", [(2, 0), (10, 1)])
+def test_an_unset_pad_is_off_for_short_runs(tmp_path, one_thread, epochs, pad):
+    flags = {"data.name": "digits", "data.subset": 64, "data.batch_size": 32, "schedule.epochs": epochs}
+    t = Trainer(resolve(None, [], {**flags, "run.out": str(tmp_path / "auto")}))
+    assert t.task.aug.pad == pad and t.task.state_dict()["auto_pad"] == pad  # digits' own pad is 1
+    assert Trainer(resolve(None, ["data.pad=1"], {**flags, "run.out": str(tmp_path / "set")})).task.aug.pad == 1
+
+
+def test_a_budgeted_run_decides_the_pad_from_its_plan(tmp_path, one_thread, caplog):
+    from resnetkit.cli import main as cli
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="resnetkit.train"):
+        assert cli(["train", "--model", "resnet20", "--data", "digits", "--budget-min", "0.1", "--batch-size", "32",
+                    "--out", str(out)]) == 0
+    assert "data.pad = 0 (auto:" in caplog.text  # a few epochs in 6 s: short
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["task"]["auto_pad"] == 0
+
+
 def test_rng_state_survives_weights_only_load(tmp_path):
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
     state = checkpoint.rng_state()

@@ -60,6 +60,11 @@ def load_data(cfg: TrainConfig):
     return train, test
 
 
+# Below this many planned epochs an unset data.pad means no pad-and-crop. Tuned on a 5,000-image validation split
+# of Fashion-MNIST (benchmarks/time_to_accuracy.py --val 5000, 4.5 min = 6 epochs): pad 0 beat the dataset's pad 2.
+SHORT_RUN_EPOCHS = 10
+
+
 class ClassificationTask(Task):
     NAME = "classification"
     SUMS = ("loss", "errors", "images")
@@ -83,6 +88,7 @@ class ClassificationTask(Task):
             # The whole uint8 split lives on the training device; batches are gathered and augmented there.
             self.images, self.labels = t.images.to(device), t.labels.to(device)
         self.mix = MixAugment(c.mixup_alpha, c.cutmix_alpha, t.num_classes)
+        self.auto_pad: int | None = None  # data.pad unset: what on_plan chose
         self.mean, self.std = torch.tensor(t.mean, device=device), torch.tensor(t.std, device=device)
 
     def _background(self) -> bool:
@@ -133,11 +139,30 @@ class ClassificationTask(Task):
         self.mean, self.std = torch.tensor(mean, device=self.device), torch.tensor(std, device=self.device)
 
     def state_dict(self) -> dict:
-        return {"mean": list(self.train_set.mean), "std": list(self.train_set.std)}
+        return {"mean": list(self.train_set.mean), "std": list(self.train_set.std), "auto_pad": self.auto_pad}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mean") is not None:  # checkpoints from before fine-tuning keep the data's own values
             self.set_normalization(state["mean"], state["std"])
+        if state.get("auto_pad") is not None:  # the run's own decision (on_plan), not one remade from the resume
+            self._set_auto_pad(int(state["auto_pad"]))
+
+    def on_plan(self, total_steps: int, steps_per_epoch: int) -> None:
+        """data.pad unset: the dataset's pad-and-crop, or none for a run shorter than SHORT_RUN_EPOCHS; decided
+        once, when the schedule's length is first known (a budgeted run: at the planner's first estimate)."""
+        if self.streamed or self.cfg.data.pad is not None or self.auto_pad is not None:
+            return
+        epochs = total_steps / max(1, steps_per_epoch)
+        pad = 0 if epochs < SHORT_RUN_EPOCHS else self.train_set.pad
+        self._set_auto_pad(pad)
+        if pad != self.train_set.pad:
+            log.info("data.pad = 0 (auto: %.1f epochs planned; random crops pay off from %d epochs on, shorter runs "
+                     "learn more from the images as they are; set data.pad to choose)", epochs, SHORT_RUN_EPOCHS)
+
+    def _set_auto_pad(self, pad: int) -> None:
+        self.auto_pad = pad
+        if not self.streamed and self.cfg.data.pad is None:
+            self.aug = dataclasses.replace(self.aug, pad=pad)
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         # Streamed images draw their own crops in the workers; the mixing draws come after the in-memory

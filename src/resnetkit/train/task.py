@@ -21,6 +21,7 @@ Contract, in the order the Trainer uses it:
                                the loss summed over images, so the Trainer can spot a non-finite loss
   train_metrics(sums)          the epoch row's training entries from sums over the epoch (all processes)
   progress(sums)               short {name: text} for the progress bar (this process's sums)
+  on_plan(total, per_epoch)    the schedule's length is known (choices that depend on it, e.g. data.pad)
   evaluate(model, d, final)    the epoch row's evaluation entries (every rank calls it; pass d= on); final:
                                the run's last evaluation (classification may add flip-TTA then)
   card(row)                    class_names, preprocessing and metrics for the final weights file
@@ -104,6 +105,10 @@ class Task:
 
     def evaluate(self, model: torch.nn.Module, d: Dist, final: bool = False) -> dict:
         raise NotImplementedError
+
+    def on_plan(self, total_steps: int, steps_per_epoch: int) -> None:
+        """The schedule's length is known (a fixed run: at the start; a budgeted one: the planner's first
+        estimate, then every re-plan). Choices that depend on it are made here, once, and kept in state_dict."""
 
     def final_eval_passes(self) -> int:
         """What the final evaluation costs in evaluation passes (the budget planner keeps time for it)."""

@@ -113,6 +113,8 @@ class Trainer:
             eval_guess = len(self.task.eval_set) / cfg.data.batch_size / 3
             self.planner = BudgetPlanner(60 * cfg.schedule.budget_min, self.spe, self.t_start, clock,
                                          eval_guess_steps=eval_guess, final_evals=self.task.final_eval_passes())
+        if self.planner is None:  # the length is known now (a fixed run, or a resumed one's saved plan)
+            self.task.on_plan(self.total, self.spe)
         # The one wrapping place: DDP (and SyncBatchNorm) for training, then optionally torch.compile.
         self.ddp_model = distributed.wrap(self.model, self.d, cfg.model.sync_bn)
         self.train_model = torch.compile(self.ddp_model) if cfg.run.compile else self.ddp_model
@@ -391,6 +393,8 @@ class Trainer:
             self.batch_in_epoch = i + 1
             if self.planner is not None:
                 self.total = self.planner.after_step(self.step, self.total)
+                if self.planner.step_s is not None:  # measured: the length is an estimate, no longer a guess
+                    self.task.on_plan(self.total, self.spe)
                 bar.total = self.stop_at
             bar.update(1)
             for h in self.hooks:
