@@ -131,6 +131,9 @@ def test_degradation_end_to_end_and_reuse(tmp_path, capsys):
                "train_eval_err (mean of last 2 epochs)")
     assert {(c["kind"], c["metric"]) for c in r["checks"]} == {(k, m) for k in ("plain", "resnet") for m in metrics}
     assert {"cpu", "cores", "torch"} <= set(r["machine"]) and r["wall_s"] > 0 and r["recipe"]["epochs"] == 2
+    # Augmenting means the dataset's crops (digits: 1 px), even in a run too short for the trainer's own default.
+    assert r["recipe"]["pad"] == 1 and json.loads((out / "runs" / "plain20" / "config.json").read_text())["data"][
+        "pad"] == 1
     text = md.read_text()
     assert "| resnet32 | 32 |" in text and "degradation.png" in text and "digits" in text
     # A second call finds the four finished runs with the same config and does not train again.

@@ -33,6 +33,7 @@ from resnetkit.errors import ConfigError, OutputExistsError, UserError
 from resnetkit.models import create_model
 from resnetkit.reproduce import runner
 from resnetkit.train import rundir
+from resnetkit.train.classification import SHORT_RUN_EPOCHS
 from resnetkit.train.config import TrainConfig, fill_automatic, resolve
 
 log = logging.getLogger("resnetkit.reproduce")
@@ -61,11 +62,16 @@ class Recipe:
     # The dataset's pad-and-crop and flip. Off, training error measures how well each net fits the images
     # themselves, free of the noise that random crops and flips add to the running error.
     augment: bool = True
+    # Pad-and-crop pixels when augmenting; None leaves data.pad unset (the dataset's, or none below the trainer's
+    # SHORT_RUN_EPOCHS). run_degradation names the dataset's pad for recipes that short, so augmenting means crops.
+    pad: int | None = None
 
     def config(self, arch: str, out: Path) -> TrainConfig:
         sets = [f"schedule.name={self.schedule}", f"schedule.warmup_steps={self.warmup_steps}"]
         if not self.augment:
             sets += ["data.pad=0", "data.flip=false"]
+        elif self.pad is not None:
+            sets.append(f"data.pad={self.pad}")
         flags = {"model.arch": arch, "data.name": self.data, "data.data_dir": self.data_dir,
                  "data.subset": self.subset, "data.eval_subset": self.test_subset,
                  "data.batch_size": self.batch_size, "optim.lr": self.lr,
@@ -204,6 +210,8 @@ def run_degradation(recipe: Recipe, depths: tuple[int, ...], out: str | Path, *,
     if recipe.epochs <= 0:
         epochs, step_s = plan_epochs(recipe, [a for *_, a in nets], 60 * budget_min, train, test, len(seeds))
         recipe = dataclasses.replace(recipe, epochs=epochs)
+    if recipe.augment and recipe.pad is None and recipe.epochs < SHORT_RUN_EPOCHS:
+        recipe = dataclasses.replace(recipe, pad=train.pad)  # the dataset's crops, however short the run
     if rundir.read_marker(out) is None:
         rundir.make_dirs(out)
         rundir.write_marker(out, "degradation")
