@@ -54,7 +54,12 @@ class TTA(nn.Module):
                 if p.ndim == 4 and p.shape[-2:] != (h, w):
                     p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
                 total = total + p
-        return (total / (2 * len(scales))).clamp_min(1e-12).log()
+        return log_of_mean(total, 2 * len(scales))
+
+
+def log_of_mean(total_probs: torch.Tensor, n: int) -> torch.Tensor:
+    """How views are combined: the log of the mean of `n` views' probabilities (their sum given)."""
+    return (total_probs / n).clamp_min(1e-12).log()
 
 
 def with_tta(run: nn.Module, mode: str | None, *, segmentation: bool = False) -> nn.Module:

@@ -213,7 +213,7 @@ class ClassificationTask(Task):
         c = self.cfg.data
         if c.eval_tta != "auto":
             return c.eval_tta == "flip"
-        return (True if c.flip is None else c.flip) if self.streamed else self.aug.flip
+        return stream_options(c).flip if self.streamed else self.aug.flip
 
     def final_eval_passes(self) -> int:
         return 2 if self.eval_flip() else 1

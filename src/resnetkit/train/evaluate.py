@@ -22,7 +22,7 @@ from resnetkit.data.stream import EvalTransform
 from resnetkit.errors import ConfigError, DataError
 from resnetkit.export.backends import make_backend
 from resnetkit.export.segment import predict_logits
-from resnetkit.export.tta import with_tta
+from resnetkit.export.tta import log_of_mean, with_tta
 from resnetkit.train import distributed
 from resnetkit.train.distributed import Dist
 from resnetkit.train.metrics import confusion_matrix, scores
@@ -86,7 +86,7 @@ def evaluate(model: torch.nn.Module, data, *, batch_size: int = 500, amp: str = 
             mirrored = model(x.flip(-1)).float() if flip else None
         plain.add(logits, y)
         if flip:
-            tta.add(((logits.softmax(1) + mirrored.softmax(1)) / 2).clamp_min(1e-12).log(), y)
+            tta.add(log_of_mean(logits.softmax(1) + mirrored.softmax(1), 2), y)
     out = plain.result(d)
     return {**out, "flip": tta.result(d)} if flip else out
 
