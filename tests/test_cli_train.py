@@ -91,7 +91,7 @@ def test_predict_folder_to_jsonl_agrees_with_printed_predictions(run_dir, images
     (["train", "--data", "digits", "--epochs", "1", "--set", "optim.lrr=1"], "unknown key optim.lrr"),
     (["train", "--data", "digits", "--model", "resnet21", "--epochs", "1"], "unknown model"),
     (["train", "--data", "digits"], "say how long"),
-    (["train", "--data", "digits", "--epochs", "1", "--head", "aspp"], "--head is a flag of --task segmentation"),
+    (["train", "--data", "digits", "--epochs", "1", "--head", "aspp"], "--head aspp: model.head is a setting of task segmentation"),
     (["train", "--data", "digits", "--epochs", "1", "--amp", "bf16", "--set", "run.amp=fp8"], "run.amp='fp8'"),
     (["train", "--task", "segmentation", "--epochs", "1"], "data.path is required"),
     (["predict", "nothing.png", "--weights", "nothing.safetensors"], "no such weights file"),

@@ -144,7 +144,8 @@ def test_channels_last_probe_times_one_converted_copy_per_layout(monkeypatch, nh
 
     cfg = resolve(flags={"data.name": "digits", "data.subset": 64, "data.batch_size": 32, "schedule.epochs": 1,
                          "run.out": "unused"})
-    task = ClassificationTask(cfg, torch.device("cpu"))
+    data, cfg, _ = ClassificationTask.load(cfg)
+    task = ClassificationTask(cfg, data, torch.device("cpu"))
     model = task.build_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     calls = []

@@ -29,7 +29,7 @@ from resnetkit.data.shards import expand, load_shards, samples
 from resnetkit.data.stream import EvalTransform, TrainTransform, list_folder
 from resnetkit.errors import DataError, MissingFileError
 from resnetkit.train import Trainer, evaluate_file
-from resnetkit.train.classification import ClassificationTask
+from resnetkit.train.classification import ClassificationTask, InMemoryBatches, StreamedBatches
 from resnetkit.train.config import resolve
 from resnetkit.weights import save_weights
 from tests.hostile import StopAt
@@ -70,9 +70,9 @@ def test_streamed_batches_equal_in_memory_batches(tmp_path, one_thread):
     flags = {"data.name": f"folder:{tmp_path / 'imgs'}", "data.image_size": 16, "data.train_crop": 16,
              "data.crop_min_scale": 1.0, "data.flip": False, "data.pad": 0, "data.batch_size": 8,
              "data.workers": 0, "model.arch": "resnet20", "run.seed": 5, "schedule.steps": 2}
-    memory = ClassificationTask(resolve(flags={**flags, "data.stream": "off"}), torch.device("cpu"))
-    streamed = ClassificationTask(resolve(flags={**flags, "data.stream": "on"}), torch.device("cpu"))
-    assert memory.streamed is False and streamed.streamed is True
+    memory = _task(resolve(flags={**flags, "data.stream": "off"}))
+    streamed = _task(resolve(flags={**flags, "data.stream": "on"}))
+    assert isinstance(memory.source, InMemoryBatches) and isinstance(streamed.source, StreamedBatches)
     streamed.set_normalization(memory.train_set.mean, memory.train_set.std)
     streamed.begin_epoch(1, 0, resnetkit.train.distributed.Dist())
     for _, idx in epoch_batches(len(memory.train_set), 8, 5, 1):
@@ -230,7 +230,7 @@ def test_imagenet_training_with_a_1001_class_model(tmp_path, one_thread):
     cfg = resolve(flags={"data.name": f"imagenet:{root}", "model.arch": "resnet20", "data.batch_size": 2,
                          "model.kwargs": {"num_classes": 1001}, "data.workers": 0, "data.train_crop": 16,
                          "schedule.steps": 1})
-    task = ClassificationTask(cfg, torch.device("cpu"))
+    task = _task(cfg)
     assert task.train_set.num_classes == 1001 and sorted(set(task.train_set.labels.tolist())) == [1, 2, 1000]
     assert task.build_model().logits.out_channels == 1001
 
@@ -293,7 +293,7 @@ def test_unreadable_images_are_replaced_and_named_or_refused_when_strict(tmp_pat
         batches = list(train.train_batches(0, 0, 0, 6, 0, 1, 1))  # 3 batches: every image
     assert [len(b["y"]) for b in batches] == [6, 6, 6]
     assert "zero.jpg: unreadable image" in caplog.text and "truncated.png: unreadable image" in caplog.text
-    strict, _ = load_classification(f"folder:{root}", strict=True, options=opts)
+    strict, _ = load_classification(f"folder:{root}", options=dataclasses.replace(opts, strict=True))
     with pytest.raises(DataError, match=r"(zero\.jpg|truncated\.png): unreadable image.*strict=False"):
         list(strict.train_batches(0, 0, 0, 18, 0, 1, 1))
 
@@ -347,7 +347,7 @@ def test_shards_with_a_missing_cls(tmp_path, caplog):
 def test_auto_choice_is_logged_and_val_path_works_in_memory_too(split_folder, caplog):
     opts = StreamOptions(val_path=str(split_folder / "val"))
     with caplog.at_level(logging.INFO):
-        train, val = load_classification(f"folder:{split_folder / 'train'}", image_size=12, options=opts)
+        train, val = load_classification(f"folder:{split_folder / 'train'}", options=dataclasses.replace(opts, image_size=12))
     assert isinstance(train, resnetkit.data.ImageSet) and len(train) == 48 and len(val) == 8
     assert "held in memory at 12 px (data.stream=auto" in caplog.text
     augmented = dataclasses.replace(opts, auto_augment="trivialaugment", random_erase=0.5, train_crop=16)
@@ -388,3 +388,9 @@ def test_fewer_shards_than_readers_split_by_sample(split_folder, tmp_path):
     per_rank = [torch.cat([b["x"] for b in train.train_batches(1, 0, 0, 8, rank, 2, 1)]) for rank in (0, 1)]
     keys = [{tuple(x.flatten()[:64].tolist()) for x in xs} for xs in per_rank]
     assert len(keys[0]) == len(keys[1]) == 24 and not keys[0] & keys[1]  # each rank half the samples, no overlap
+
+
+def _task(cfg) -> ClassificationTask:
+    """The classification task of `cfg` on the CPU, its data loaded (what resnetkit.train.prepare builds)."""
+    data, cfg, _ = ClassificationTask.load(cfg)
+    return ClassificationTask(cfg, data, torch.device("cpu"))

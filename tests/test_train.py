@@ -367,8 +367,8 @@ def test_final_evaluation_adds_flip_tta_when_training_flips(tmp_path, one_thread
 def test_an_unset_pad_is_off_for_short_runs(tmp_path, one_thread, epochs, pad):
     flags = {"data.name": "digits", "data.subset": 64, "data.batch_size": 32, "schedule.epochs": epochs}
     t = Trainer(resolve(None, [], {**flags, "run.out": str(tmp_path / "auto")}))
-    assert t.task.aug.pad == pad and t.task.state_dict()["auto_pad"] == pad  # digits' own pad is 1
-    assert Trainer(resolve(None, ["data.pad=1"], {**flags, "run.out": str(tmp_path / "set")})).task.aug.pad == 1
+    assert t.task.source.aug.pad == pad and t.task.state_dict()["auto_pad"] == pad  # digits' own pad is 1
+    assert Trainer(resolve(None, ["data.pad=1"], {**flags, "run.out": str(tmp_path / "set")})).task.source.aug.pad == 1
 
 
 def test_a_budgeted_run_decides_the_pad_from_its_plan(tmp_path, one_thread, caplog):

@@ -8,9 +8,9 @@ import os
 import sys
 
 from resnetkit.errors import ConfigError, MissingFileError, UserError
-from resnetkit.train import TrainConfig, run_config, train
-from resnetkit.train.config import RESUMABLE, config_error, load_config_file, resolve_with_origins
-from resnetkit.train.recipes import list_recipes, load_recipe
+from resnetkit.train import RESUMABLE, RunRequest, prepare, train
+from resnetkit.train.prepare import dry_run
+from resnetkit.train.recipes import list_recipes
 
 TRAIN_EXAMPLES = """\
 examples:
@@ -130,21 +130,19 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    help="cross-entropy: plain, class-weighted (inverse sqrt pixel share) or OHEM (default auto)")
 
 
-# argparse dest -> config key: for every task, then each task's own
-COMMON_FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out": "run.out", "seed": "run.seed",
-                "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
-                "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
-                "threads": "run.threads", "head_lr_mult": "optim.head_lr_mult", "optimizer": "optim.name"}
-TASK_FLAGS = {
-    "classification": {"model": "model.arch", "data": "data.name", "data_dir": "data.data_dir",
-                       "strict": "data.strict", "init": "model.init", "freeze_stages": "model.freeze_stages",
-                       "val": "data.val_path", "stream": "data.stream", "workers": "data.workers"},
-    "segmentation": {"model": "model.backbone", "data": "data.path", "head": "model.head",
-                     "output_stride": "model.output_stride", "backbone_weights": "model.backbone_weights",
-                     "freeze_bn": "model.freeze_bn", "crop_size": "data.crop_size", "min_scale": "data.min_scale",
-                     "max_scale": "data.max_scale", "loss": "model.loss",
-                     "init": "model.backbone_weights"},
-}
+# argparse dest -> config key, or a name resnetkit.train.prepare.ALIASES maps to the run's task's key
+FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out": "run.out", "seed": "run.seed",
+         "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
+         "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
+         "threads": "run.threads", "head_lr_mult": "optim.head_lr_mult", "optimizer": "optim.name",
+         "model": "model", "data": "data", "init": "init",
+         # classification
+         "data_dir": "data.data_dir", "strict": "data.strict", "freeze_stages": "model.freeze_stages",
+         "val": "data.val_path", "stream": "data.stream", "workers": "data.workers",
+         # segmentation
+         "head": "model.head", "output_stride": "model.output_stride", "backbone_weights": "model.backbone_weights",
+         "freeze_bn": "model.freeze_bn", "crop_size": "data.crop_size", "min_scale": "data.min_scale",
+         "max_scale": "data.max_scale", "loss": "model.loss"}
 
 
 def _flag(dest: str) -> str:
@@ -152,57 +150,26 @@ def _flag(dest: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    flags: dict[str, tuple] = {}
+    flags = _flags(args)
+    request = RunRequest(task=args.task, recipe=args.recipe, config=args.config, overrides=tuple(args.set),
+                         flags={key: value for key, (value, _) in flags.items()}, resume=args.resume, out=args.out)
     try:
-        if args.resume:
-            # The run continues with the config saved in its checkpoint (its task included); flags may change
-            # only what RESUMABLE lists, and repeating a saved value is fine.
-            out = args.out or TrainConfig.for_task(args.task or "classification").run.out
-            saved = run_config(out)
-            if args.task and args.task != saved.task:
-                raise UserError(f"--task {args.task} cannot change on --resume: the run in {out} is a {saved.task} "
-                                "run")
-            if args.recipe:
-                raise UserError(f"--recipe cannot be used with --resume: the run in {out} goes on with its saved "
-                                "config")
-            flags = {"run.out": (out, f"--out {out}"), **_flags(args, saved.task)}  # where it is now
-            cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), base=saved)
-        else:
-            task = args.task or (load_config_file(args.config).get("task") if args.config else None) or \
-                (load_recipe(args.recipe).get("task") if args.recipe else None) or "classification"
-            flags = _flags(args, task)
-            cfg, origins = resolve_with_origins(args.config, args.set, _values(flags), task=task, recipe=args.recipe)
+        if args.dry_run:
+            print(json.dumps(dry_run(request), indent=2))
+            return 0
+        result = train(prepare(request))
     except (ConfigError, MissingFileError) as e:
         raise _named(e, flags) from None
-    if args.dry_run:
-        print(json.dumps(cfg.to_dict(), indent=2))
-        return 0
-    try:
-        result = train(cfg, resume=args.resume)
-    except (ConfigError, MissingFileError) as e:  # a value only the data or the model can refuse (a batch
-        if not getattr(e, "keys", ()) or getattr(e, "origins", ()):  # larger than the set, an unknown model, ...)
-            raise
-        located = config_error(e.detail, e.keys, [origins.get(k) for k in e.keys], type(e))
-        raise _named(located, flags) from None
     if result.get("interrupted") and os.environ.get("RANK", "0") == "0":
         print(f"resnetkit: stopped; continue with `resnetkit train --out {result['run_dir']} --resume`",
               file=sys.stderr)
     return result["exit_code"]
 
 
-def _values(flags: dict[str, tuple]) -> dict:
-    return {key: value for key, (value, _) in flags.items()}
-
-
-def _flags(args: argparse.Namespace, task: str) -> dict[str, tuple]:
-    """The flags given, as {config key: (value, "--flag value")}; a flag of the other task is an error."""
-    own = {**COMMON_FLAGS, **TASK_FLAGS[task]}
-    for other, flags in TASK_FLAGS.items():
-        for dest in flags:
-            if dest not in own and getattr(args, dest) is not None:
-                raise UserError(f"{_flag(dest)} is a flag of --task {other}, not of {task}")
+def _flags(args: argparse.Namespace) -> dict[str, tuple]:
+    """The flags given, as {config key or alias: (value, "--flag value")}."""
     given = {}
-    for dest, key in own.items():
+    for dest, key in FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
             label = {True: _flag(dest), False: "--no-" + _flag(dest)[2:]}.get(value) if isinstance(value, bool) \

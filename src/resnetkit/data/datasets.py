@@ -277,13 +277,19 @@ DATASETS = ("fashion-mnist", "mnist", "cifar10", "cifar100", "digits", "folder:P
             "shards:PATTERN")  # as users type them
 
 
-def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32, channels: int = 3,
+def load_dataset(spec, data_dir: str | None = None, *, image_size: int = 32, channels: int = 3,
                  strict: bool = False, val: str | None = None) -> tuple[ImageSet, ImageSet]:
-    """(train, test) in memory for a dataset name, `folder:PATH`, or a path to an ImageFolder directory.
+    """(train, test) in memory for a dataset name, `folder:PATH`, or a path to an ImageFolder directory
+    (a string, or a resnetkit.data.sources.DataSpec already parsed).
 
     image_size / channels / strict / val (a separate validation folder) apply to image folders only;
     resnetkit.data.sources.load_classification also streams folders, imagenet: and shards: data.
     """
+    kind, target = (spec.kind, spec.target) if hasattr(spec, "kind") else (None, spec)
+    if kind == "folder" or (kind is None and (spec.startswith("folder:") or os.sep in spec or Path(spec).is_dir())):
+        return load_image_folder(target.removeprefix("folder:") if kind is None else target, image_size, channels,
+                                 strict, val)
+    spec = target
     name = ALIASES.get(spec.lower(), spec.lower())
     if name in IDX_DATASETS:
         return load_idx_dataset(name, data_dir)
@@ -291,7 +297,5 @@ def load_dataset(spec: str, data_dir: str | None = None, *, image_size: int = 32
         return load_cifar(name, data_dir)
     if name == "digits":
         return load_digits()
-    if spec.startswith("folder:") or os.sep in spec or Path(spec).is_dir():
-        return load_image_folder(spec.removeprefix("folder:"), image_size, channels, strict, val)
     hint = did_you_mean(spec, DATASETS[:-3], "")
     raise ConfigError(f"unknown dataset {spec!r}; {hint + ' ' if hint else ''}choose one of {', '.join(DATASETS)}")

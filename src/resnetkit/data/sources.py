@@ -29,57 +29,94 @@ MAX_IN_MEMORY = 20_000  # images: decoding more up front takes minutes before th
 STREAM_MODES = ("auto", "on", "off")
 
 
+AUTO_AUGMENTS = ("none", "trivialaugment", "randaugment")
+
+
 @dataclass(frozen=True)
 class StreamOptions:
-    """How streamed data is read and augmented (the data.* keys of the same names)."""
+    """How image files are read and augmented: folders (in memory or streamed), imagenet: and shards:. The
+    training config's data section holds these keys (resnetkit.train.config.ClassificationDataConfig)."""
 
-    stream: str = "auto"  # auto | on | off
-    train_crop: int = 224
-    eval_resize: int = 0  # 0: train_crop / 0.875 (256 for 224)
-    eval_crop: int = 0  # 0: train_crop
-    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction
-    flip: bool = True
-    auto_augment: str = "none"  # none | trivialaugment | randaugment
-    random_erase: float = 0.0  # probability
-    draft: bool = True  # JPEG DCT-domain downscaling
-    workers: int = 4
+    image_size: int = 32  # image folders held in memory: the size every image is resized to
+    channels: int = 3  # image folders: 1 (greyscale) or 3
+    strict: bool = False  # image folders: fail on an unreadable image instead of skipping it
+    stream: str = "auto"  # auto | on | off: read images lazily in DataLoader workers, or hold them in memory
+    # ImageNet-style augmentation of streamed data: RandomResizedCrop to train_crop (0: 224), eval: resize the
+    # shorter side to eval_resize (0: eval crop / 0.875, 256 for 224) then center-crop eval_crop (0: train crop).
+    train_crop: int = 0
+    eval_resize: int = 0
+    eval_crop: int = 0
+    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (1 with flip off: no augmentation)
+    flip: bool | None = None  # horizontal flip; None = the data's default (on when streamed, off for digits)
+    auto_augment: str = "none"  # none | trivialaugment | randaugment (streamed data)
+    random_erase: float = 0.0  # probability of RandomErasing per image (streamed data)
+    draft: bool = True  # decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when the crop allows it
+    workers: int = 4  # DataLoader worker processes for streamed data (0: decode in the training process)
     val_path: str | None = None  # a separate validation folder (or shard pattern)
 
-    def transforms(self, channels: int) -> tuple[stream.TrainTransform, stream.EvalTransform]:
-        crop = self.eval_crop or self.train_crop
+    @property
+    def stream_flip(self) -> bool:
+        """Whether streamed training images are mirrored (unset: yes)."""
+        return True if self.flip is None else self.flip
+
+    def transforms(self) -> tuple[stream.TrainTransform, stream.EvalTransform]:
+        train_crop = self.train_crop or 224
+        crop = self.eval_crop or train_crop
         resize = self.eval_resize or round(crop / 0.875)
-        mean = stream.IMAGENET_MEAN if channels == 3 else (sum(stream.IMAGENET_MEAN) / 3,)
-        train = stream.TrainTransform(self.train_crop, channels, self.flip, self.auto_augment, self.random_erase,
-                                      tuple(round(255 * m) for m in mean), self.draft, (self.crop_min_scale, 1.0))
-        return train, stream.EvalTransform(crop, resize, channels, self.draft)
+        mean = stream.IMAGENET_MEAN if self.channels == 3 else (sum(stream.IMAGENET_MEAN) / 3,)
+        train = stream.TrainTransform(train_crop, self.channels, self.stream_flip, self.auto_augment,
+                                      self.random_erase, tuple(round(255 * m) for m in mean), self.draft,
+                                      (self.crop_min_scale, 1.0))
+        return train, stream.EvalTransform(crop, resize, self.channels, self.draft)
+
+
+DATA_KINDS = ("named", "folder", "imagenet", "shards")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed `--data` value: `kind` (named | folder | imagenet | shards) and `target` (the dataset's name,
+    the folder, or the shard pattern)."""
+
+    kind: str
+    target: str
+
+    @classmethod
+    def parse(cls, text: str | DataSpec) -> DataSpec:
+        """'fashion-mnist', 'folder:PATH' (or a path), 'imagenet:PATH', 'shards:PATTERN'."""
+        if isinstance(text, DataSpec):
+            return text
+        prefix, sep, rest = text.partition(":")
+        if sep and prefix in ("imagenet", "shards", "folder"):
+            return cls(prefix, rest)
+        if os.sep in text or Path(text).is_dir():
+            return cls("folder", text)
+        return cls("named", text)
+
+    def __str__(self) -> str:
+        return self.target if self.kind == "named" else f"{self.kind}:{self.target}"
 
 
 def kind_of(spec: str) -> str:
     """'imagenet', 'shards', 'folder' or 'named' for a dataset spec."""
-    if spec.startswith("imagenet:"):
-        return "imagenet"
-    if spec.startswith("shards:"):
-        return "shards"
-    if spec.startswith("folder:") or os.sep in spec or Path(spec).is_dir():
-        return "folder"
-    return "named"
+    return DataSpec.parse(spec).kind
 
 
-def load_classification(spec: str, data_dir: str | None = None, *, image_size: int = 32, channels: int = 3,
-                        strict: bool = False, options: StreamOptions = StreamOptions()):
+def load_classification(spec: str | DataSpec, data_dir: str | None = None, options: StreamOptions = StreamOptions()):
     """(train, eval) for a dataset spec: two ImageSets (in memory) or two streamed sets, as `options.stream`
     and the module docstring say."""
-    kind = kind_of(spec)
+    spec = DataSpec.parse(spec)
+    kind, path = spec.kind, spec.target
     if options.stream not in STREAM_MODES:
         raise ConfigError(f"stream={options.stream!r}: choose {', '.join(STREAM_MODES)}")
     if kind == "named":
         if options.stream == "on":
-            raise ConfigError(f"stream='on': {spec} is held in memory; only folder:, imagenet: and shards: data stream")
-        return datasets.load_dataset(spec, data_dir, image_size=image_size, channels=channels, strict=strict)
+            raise ConfigError(f"stream='on': {path} is held in memory; only folder:, imagenet: and shards: data stream")
+        return datasets.load_dataset(spec, data_dir)
     if kind != "folder" and options.stream == "off":
         raise ConfigError(f"stream='off': {kind}: data is always streamed")
-    path = spec.split(":", 1)[1] if kind != "folder" or spec.startswith("folder:") else spec
-    train_t, eval_t = options.transforms(channels)
+    image_size, channels, strict = options.image_size, options.channels, options.strict
+    train_t, eval_t = options.transforms()
     if kind == "shards":
         return shards.load_shards(path, options.val_path, train_t, eval_t, strict=strict, workers=options.workers)
     if kind == "imagenet":
@@ -91,8 +128,7 @@ def load_classification(spec: str, data_dir: str | None = None, *, image_size: i
         if why is None:
             log.info("data: %d images in %s held in memory at %d px (data.stream=auto; =on streams them)",
                      len(train) + len(val), path, image_size)
-            return datasets.load_dataset("folder:" + path, image_size=image_size, channels=channels, strict=strict,
-                                         val=options.val_path)
+            return datasets.load_image_folder(path, image_size, channels, strict, options.val_path)
         log.info("data: %d images in %s streamed at %d px (%s)", len(train) + len(val), path, train_t.crop, why)
     make = lambda d: stream.StreamSet(d, train_t, eval_t, strict=strict, workers=options.workers,  # noqa: E731
                                       info={"kind": kind})
@@ -133,4 +169,5 @@ def with_background(data):
     return dataclasses.replace(data, data=imagenet.with_background(data.data))
 
 
-__all__ = ["ImageSet", "StreamOptions", "kind_of", "load_classification", "with_background"]
+__all__ = ["AUTO_AUGMENTS", "DataSpec", "ImageSet", "StreamOptions", "kind_of", "load_classification",
+           "with_background"]

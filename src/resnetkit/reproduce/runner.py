@@ -33,8 +33,8 @@ class Probe:
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.resumed and trainer.d.main:
-            truncate_metrics(trainer.run_dir / HISTORY, trainer.epoch)
-        self.rows = read_history(trainer.run_dir) if trainer.resumed else []
+            truncate_metrics(trainer.run_dir.path / HISTORY, trainer.epoch)
+        self.rows = read_history(trainer.run_dir.path) if trainer.resumed else []
 
     def on_epoch_end(self, trainer: Trainer, row: dict) -> dict:
         if self.train_probe:
@@ -45,7 +45,7 @@ class Probe:
             row = {**row, "train_eval_err": 1 - ev["top1"], "train_eval_loss": ev["loss"]}
         self.rows.append(row)
         if trainer.d.main:
-            append_metrics(trainer.run_dir / HISTORY, row)
+            append_metrics(trainer.run_dir.path / HISTORY, row)
         return row
 
 

@@ -1,10 +1,13 @@
-"""Training: one loop (`Trainer`, `train`) for every task, the task adapters, config dataclasses,
-checkpoints, schedules, distributed helpers and evaluation.
+"""Training: a run is prepared once (`prepare`: config, data, automatic choices, task, model), then one loop
+(`Trainer`, `train`) trains it, for every task; plus the task adapters, config dataclasses, the run
+directory, checkpoints, schedules, distributed helpers and evaluation.
 
->>> from resnetkit.train import resolve, train
->>> cfg = resolve(flags={"data.path": "data/shapes", "schedule.epochs": 5}, task="segmentation")
->>> result = train(cfg)  # run.out: model.safetensors, metrics.jsonl, checkpoint.pt, config.json
->>> train(run_config("runs/segment"), resume=True)  # continue a stopped run with its saved config
+>>> from resnetkit.train import RunRequest, prepare, resolve, train
+>>> run = prepare(RunRequest(task="segmentation", flags={"data": "data/shapes", "schedule.epochs": 5}))
+>>> run.summary()["automatic"]  # what was chosen from the data and the machine, and why
+>>> result = train(run)  # run.out: model.safetensors, metrics.jsonl, checkpoint.pt, config.json
+>>> train(prepare(RunRequest(resume=True, out="runs/segment")))  # continue a stopped run, its saved config
+>>> train(resolve(flags={"data.name": "digits", "schedule.epochs": 1}))  # a TrainConfig is prepared for you
 """
 
 from resnetkit.train.checkpoint import run_config
@@ -22,12 +25,13 @@ from resnetkit.train.config import (
     resolve,
 )
 from resnetkit.train.evaluate import evaluate, evaluate_file, evaluate_segmentation
-from resnetkit.train.rundir import RunWriteError
+from resnetkit.train.prepare import TASK_TYPES, PreparedRun, RunRequest, prepare
+from resnetkit.train.rundir import RunDir, RunWriteError
 from resnetkit.train.segmentation import SegmentationTask
 from resnetkit.train.task import Task
-from resnetkit.train.trainer import TASKS, Trainer, train
+from resnetkit.train.trainer import Trainer, train
 
-__all__ = ["RESUMABLE", "TASKS", "ClassificationDataConfig", "ClassificationModelConfig", "ClassificationTask",
-           "OptimConfig", "RunConfig", "RunWriteError", "ScheduleConfig", "SegmentationDataConfig",
-           "SegmentationModelConfig", "SegmentationTask", "Task", "TrainConfig", "Trainer", "evaluate", "evaluate_file",
-           "evaluate_segmentation", "resolve", "run_config", "train"]
+__all__ = ["RESUMABLE", "TASK_TYPES", "ClassificationDataConfig", "ClassificationModelConfig", "ClassificationTask",
+           "OptimConfig", "PreparedRun", "RunConfig", "RunDir", "RunRequest", "RunWriteError", "ScheduleConfig",
+           "SegmentationDataConfig", "SegmentationModelConfig", "SegmentationTask", "Task", "TrainConfig", "Trainer",
+           "evaluate", "evaluate_file", "evaluate_segmentation", "prepare", "resolve", "run_config", "train"]

@@ -7,8 +7,11 @@ unpickles arbitrary objects.
 from __future__ import annotations
 
 import dataclasses
+import errno
+import os
 import pickle
 import random
+import resource
 import warnings
 from pathlib import Path
 
@@ -45,9 +48,36 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
+
+    torch's zip writer reports a failed write (a full disk, a file size limit) as a RuntimeError
+    ("[enforce fail at inline_container.cc] ... unexpected pos", "PytorchStreamWriter failed writing
+    file"); it is raised as the OSError it is, so the caller can say which file and keep the run."""
     with atomic_write(path, fsync=True) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            text = str(e)
+            if not any(s in text for s in ("inline_container", "PytorchStreamWriter", "unexpected pos",
+                                            "file write failed")):
+                raise
+            raise OSError(_write_errno(tmp), f"{os.strerror(_write_errno(tmp))} (torch.save stopped part-way)",
+                          str(path)) from None
+
+
+def _write_errno(path: Path) -> int:
+    """Why a write into `path`'s folder failed, as far as the file system says: ENOSPC when it is (nearly)
+    full, EFBIG when the process's file size limit (RLIMIT_FSIZE) is what stopped it, else EIO."""
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 1 << 20:
+            return errno.ENOSPC
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY and path.stat().st_size >= limit - (1 << 16):
+            return errno.EFBIG
+    except OSError:
+        pass
+    return errno.EIO
 
 
 VERSION = 2  # 2: task state, epoch sums over all processes

@@ -9,8 +9,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from resnetkit.data import BatchAugment, ImageSet, MixAugment, StreamOptions, load_classification, normalize
-from resnetkit.data.sources import with_background
+from resnetkit.data import BatchAugment, ImageSet, MixAugment, load_classification, normalize
+from resnetkit.data.sources import DataSpec, with_background
 from resnetkit.errors import ConfigError, DataError, MissingFileError
 from resnetkit.models import model_defaults
 from resnetkit.train import finetune
@@ -18,17 +18,9 @@ from resnetkit.train.config import TrainConfig, config_error
 from resnetkit.train.distributed import Dist
 from resnetkit.train.evaluate import evaluate
 from resnetkit.train.report import Panel
-from resnetkit.train.task import Task, build
+from resnetkit.train.task import Task, TaskData, build
 
 log = logging.getLogger("resnetkit.train")
-
-
-def stream_options(c) -> StreamOptions:
-    """The streaming side of a ClassificationDataConfig (train_crop 0 means 224 when streamed)."""
-    return StreamOptions(stream=c.stream, train_crop=c.train_crop or 224, eval_resize=c.eval_resize,
-                         eval_crop=c.eval_crop, crop_min_scale=c.crop_min_scale,
-                         flip=True if c.flip is None else c.flip, auto_augment=c.auto_augment,
-                         random_erase=c.random_erase, draft=c.draft, workers=c.workers, val_path=c.val_path)
 
 
 def load_data(cfg: TrainConfig):
@@ -37,8 +29,7 @@ def load_data(cfg: TrainConfig):
     `eval_subset` keeps the first eval images."""
     c = cfg.data
     try:
-        train, test = load_classification(c.name, c.data_dir, image_size=c.image_size, channels=c.channels,
-                                          strict=c.strict, options=stream_options(c))
+        train, test = load_classification(DataSpec.parse(c.name), c.data_dir, c)  # c is a StreamOptions
     except (ConfigError, MissingFileError) as e:  # an unknown dataset, a missing folder: say which keys
         raise config_error(str(e), ("data.name", "data.data_dir", "data.stream", "data.val_path"),
                            cls=type(e)) from None
@@ -65,39 +56,105 @@ def load_data(cfg: TrainConfig):
 SHORT_RUN_EPOCHS = 10
 
 
+class InMemoryBatches:
+    """Batches of an ImageSet: the whole uint8 split lives on the training device; batches are gathered,
+    augmented (pad-and-crop, flip, cutout: BatchAugment) and normalised there."""
+
+    def __init__(self, data: ImageSet, c, device: torch.device):
+        self.data = data
+        self.aug = BatchAugment(pad=data.pad if c.pad is None else c.pad,
+                                flip=data.flip if c.flip is None else c.flip, cutout=c.cutout)
+        self.images, self.labels = data.images.to(device), data.labels.to(device)
+        self.pad_is_auto = c.pad is None
+
+    @property
+    def flip(self) -> bool:
+        return self.aug.flip
+
+    def begin_epoch(self, *args) -> None:
+        pass
+
+    def choose_pad(self, epochs: float) -> int | None:
+        """data.pad unset: the dataset's pad-and-crop, or none for a run shorter than SHORT_RUN_EPOCHS."""
+        return (0 if epochs < SHORT_RUN_EPOCHS else self.data.pad) if self.pad_is_auto else None
+
+    def set_pad(self, pad: int) -> None:
+        if self.pad_is_auto:
+            self.aug = dataclasses.replace(self.aug, pad=pad)
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return self.aug.sample(n, generator)
+
+    def batch(self, idx: torch.Tensor, params: dict, mean: torch.Tensor, std: torch.Tensor):
+        sel = idx.to(self.images.device)
+        x = normalize(self.aug.crop_flip(self.images[sel], params), mean, std)  # (B, C, H, W)
+        return self.aug.apply_cutout(x, params), self.labels[sel]
+
+
+class StreamedBatches:
+    """Batches of a streamed set (StreamSet, ShardSet): DataLoader workers decode and augment this rank's
+    micro-batches as uint8 (begin_epoch starts them); they are normalised on the device."""
+
+    def __init__(self, data, c, device: torch.device):
+        self.data, self.device, self.flip = data, device, c.stream_flip
+        self.batches = None
+
+    def begin_epoch(self, seed: int, epoch: int, start: int, batch_size: int, d: Dist, accum: int) -> None:
+        self.batches = self.data.train_batches(seed, epoch, start, batch_size, d.rank, d.world, accum)
+
+    def choose_pad(self, epochs: float) -> None:
+        return None  # the workers crop
+
+    def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {}  # the workers draw their own crops
+
+    def batch(self, idx: torch.Tensor, params: dict, mean: torch.Tensor, std: torch.Tensor):
+        """The loader's next micro-batch; it must hold the images `idx` (folders) or as many (shards)."""
+        # Outside an epoch (a probe such as precision.measure_channels_last): the first images.
+        item = next(self.batches) if self.batches is not None else self.data.first_batch(len(idx))
+        mismatch = ("idx" in item and not torch.equal(item["idx"], idx)) or len(item["y"]) != len(idx)
+        if self.batches is not None and mismatch:
+            raise DataError(f"the streamed batch does not match the trainer's ({len(item['y'])} images for "
+                            f"{len(idx)}); the data changed while training?")
+        x = item["x"].to(self.device, non_blocking=True)
+        return normalize(x, mean, std), item["y"].to(self.device, non_blocking=True)
+
+
 class ClassificationTask(Task):
     NAME = "classification"
     SUMS = ("loss", "errors", "images")
     PANELS = (Panel("loss", "cross-entropy", (("train", "train_loss"), ("test", "test_loss"))),
               Panel("top-1 error", "error (%)", (("train", "train_err"), ("test", "test_err")), scale=100))
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        super().__init__(cfg, device)
-        self.train_set, self.eval_set = load_data(cfg)
+    @classmethod
+    def load(cls, cfg: TrainConfig) -> tuple[TaskData, TrainConfig, dict[str, tuple]]:
+        """The data, with data.stream resolved to the form it took and, for a TF-slim 1001-class model on
+        ImageNet data, the labels shifted by one (class 0 = background)."""
+        train, test = load_data(cfg)
+        choices = {}
+        streamed = not isinstance(train, ImageSet)
+        if cfg.data.stream == "auto":
+            form = "on" if streamed else "off"
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, stream=form))
+            choices["data.stream"] = (form, "streamed from the files" if streamed else "held in memory")
+        if streamed and _background(cfg.model, train):
+            train, test = with_background(train), with_background(test)
+            choices["labels"] = ("ImageNet + 1", f"model.arch={cfg.model.arch} has 1001 classes: class 0 = "
+                                                 "background, as TF-slim's")
+        return TaskData(train, test), cfg, choices
+
+    @classmethod
+    def log_choices(cls, choices: dict[str, tuple], data: TaskData) -> None:
+        if "labels" in choices:
+            log.info("labels: %s (%s)", *choices["labels"])
+
+    def __init__(self, cfg: TrainConfig, data: TaskData, device: torch.device):
+        super().__init__(cfg, data, device)
         t, c = self.train_set, cfg.data
-        self.streamed = not isinstance(t, ImageSet)
-        if self.streamed:  # DataLoader workers decode this rank's micro-batches (begin_epoch starts them)
-            self.batches = None
-            if self._background():
-                self.train_set, self.eval_set = with_background(t), with_background(self.eval_set)
-                t = self.train_set
-                log.info("model.arch=%s has 1001 classes: ImageNet labels + 1 (class 0 = background)", cfg.model.arch)
-        else:
-            self.aug = BatchAugment(pad=t.pad if c.pad is None else c.pad, flip=t.flip if c.flip is None else c.flip,
-                                    cutout=c.cutout)
-            # The whole uint8 split lives on the training device; batches are gathered and augmented there.
-            self.images, self.labels = t.images.to(device), t.labels.to(device)
+        self.source = (InMemoryBatches if isinstance(t, ImageSet) else StreamedBatches)(t, c, device)
         self.mix = MixAugment(c.mixup_alpha, c.cutmix_alpha, t.num_classes)
         self.auto_pad: int | None = None  # data.pad unset: what on_plan chose
         self.mean, self.std = torch.tensor(t.mean, device=device), torch.tensor(t.std, device=device)
-
-    def _background(self) -> bool:
-        """TF-slim layouts have 1001 outputs, class 0 the background: ImageNet data then gets labels + 1."""
-        m = self.cfg.model
-        if self.train_set.info.get("kind") != "imagenet" or self.train_set.num_classes != 1000:
-            return False
-        k = m.kwargs.get("num_classes") if "num_classes" in m.kwargs else model_defaults(m.arch)["num_classes"]
-        return k == 1001
 
     def check_micro_batch(self, n: int) -> None:
         if self.mix.enabled and n % 2:
@@ -106,10 +163,7 @@ class ClassificationTask(Task):
                                                                            "data.cutmix_alpha"))
 
     def begin_epoch(self, epoch: int, start: int, d: Dist) -> None:
-        if self.streamed:
-            c = self.cfg.data
-            self.batches = self.train_set.train_batches(self.cfg.run.seed, epoch, start, c.batch_size, d.rank,
-                                                        d.world, self.cfg.optim.grad_accum)
+        self.source.begin_epoch(self.cfg.run.seed, epoch, start, self.cfg.data.batch_size, d, self.cfg.optim.grad_accum)
 
     def build_model(self) -> torch.nn.Module:
         m, t = self.cfg.model, self.train_set
@@ -148,12 +202,14 @@ class ClassificationTask(Task):
             self._set_auto_pad(int(state["auto_pad"]))
 
     def on_plan(self, total_steps: int, steps_per_epoch: int) -> None:
-        """data.pad unset: the dataset's pad-and-crop, or none for a run shorter than SHORT_RUN_EPOCHS; decided
-        once, when the schedule's length is first known (a budgeted run: at the planner's first estimate)."""
-        if self.streamed or self.cfg.data.pad is not None or self.auto_pad is not None:
+        """data.pad unset (in memory): decided once, when the schedule's length is first known (a budgeted run:
+        at the planner's first estimate); see InMemoryBatches.choose_pad."""
+        if self.auto_pad is not None:
             return
         epochs = total_steps / max(1, steps_per_epoch)
-        pad = 0 if epochs < SHORT_RUN_EPOCHS else self.train_set.pad
+        pad = self.source.choose_pad(epochs)
+        if pad is None:
+            return
         self._set_auto_pad(pad)
         if pad != self.train_set.pad:
             log.info("data.pad = 0 (auto: %.1f epochs planned; random crops pay off from %d epochs on, shorter runs "
@@ -161,35 +217,17 @@ class ClassificationTask(Task):
 
     def _set_auto_pad(self, pad: int) -> None:
         self.auto_pad = pad
-        if not self.streamed and self.cfg.data.pad is None:
-            self.aug = dataclasses.replace(self.aug, pad=pad)
+        self.source.set_pad(pad)
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        # Streamed images draw their own crops in the workers; the mixing draws come after the in-memory
-        # ones, so runs without mixing draw exactly what they drew before.
-        params = {} if self.streamed else self.aug.sample(n, generator)
+        # The mixing draws come after the in-memory ones, so runs without mixing draw exactly what they drew
+        # before.
+        params = self.source.sample(n, generator)
         return {**params, **self.mix.sample(n, generator)} if self.mix.enabled else params
 
     def batch(self, idx: torch.Tensor, params: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.streamed:
-            x, y = self._next_streamed(idx)
-        else:
-            sel = idx.to(self.device)
-            x = normalize(self.aug.crop_flip(self.images[sel], params), self.mean, self.std)  # (B, C, H, W)
-            x, y = self.aug.apply_cutout(x, params), self.labels[sel]
+        x, y = self.source.batch(idx, params, self.mean, self.std)
         return self.mix.apply(x, y, params) if self.mix.enabled else (x, y)
-
-    def _next_streamed(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loader's next micro-batch, normalised on the device; it must hold the images `idx` (folders) or
-        as many (shards)."""
-        # Outside an epoch (a probe such as precision.measure_channels_last): the first images.
-        item = next(self.batches) if self.batches is not None else self.train_set.first_batch(len(idx))
-        mismatch = ("idx" in item and not torch.equal(item["idx"], idx)) or len(item["y"]) != len(idx)
-        if self.batches is not None and mismatch:
-            raise DataError(f"the streamed batch does not match the trainer's ({len(item['y'])} images for "
-                            f"{len(idx)}); the data changed while training?")
-        x = item["x"].to(self.device, non_blocking=True)
-        return normalize(x, self.mean, self.std), item["y"].to(self.device, non_blocking=True)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # y: class indices (B,), or soft targets (B, K) under MixUp/CutMix
@@ -213,7 +251,7 @@ class ClassificationTask(Task):
         c = self.cfg.data
         if c.eval_tta != "auto":
             return c.eval_tta == "flip"
-        return stream_options(c).flip if self.streamed else self.aug.flip
+        return self.source.flip
 
     def final_eval_passes(self) -> int:
         return 2 if self.eval_flip() else 1
@@ -247,3 +285,11 @@ class ClassificationTask(Task):
         if "test_err_flip" in row:
             text += f"; with flip-TTA {100 * (1 - row['test_err_flip']):.2f}%"
         return text + ")"
+
+
+def _background(m, train) -> bool:
+    """TF-slim layouts have 1001 outputs, class 0 the background: ImageNet data then gets labels + 1."""
+    if train.info.get("kind") != "imagenet" or train.num_classes != 1000:
+        return False
+    k = m.kwargs.get("num_classes") if "num_classes" in m.kwargs else model_defaults(m.arch)["num_classes"]
+    return k == 1001

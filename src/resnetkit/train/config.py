@@ -29,6 +29,7 @@ from pathlib import Path
 import tomllib
 
 from resnetkit._helpers import did_you_mean
+from resnetkit.data.sources import AUTO_AUGMENTS, STREAM_MODES, StreamOptions
 from resnetkit.errors import ConfigError, MissingFileError, UserError
 from resnetkit.train.recipes import load_recipe
 
@@ -99,7 +100,10 @@ class ClassificationModelConfig:
 
 
 @dataclass(frozen=True)
-class ClassificationDataConfig:
+class ClassificationDataConfig(StreamOptions):
+    """The data section of a classification run: the dataset, batches and splits, in-memory augmentation, and
+    (inherited, so the keys stay data.*) the image pipeline's own options, resnetkit.data.StreamOptions."""
+
     name: str = "fashion_mnist"  # as resnetkit.data.load_dataset takes it (fashion-mnist is the same set)
     data_dir: str | None = None
     batch_size: int = 128  # global: summed over processes and accumulation steps
@@ -110,27 +114,10 @@ class ClassificationDataConfig:
     # The final evaluation also with flip-TTA (the image and its mirror; the row's test_err_flip): auto = when
     # training flips. Per-epoch evaluations stay single-view, so the curves compare across runs.
     eval_tta: str = "auto"  # auto | none | flip
-    pad: int | None = None  # pad-and-crop pixels; None = the dataset's default (4 for 32 px, 2 for 28 px)
-    flip: bool | None = None  # horizontal flip; None = the dataset's default (off for digits)
+    pad: int | None = None  # pad-and-crop pixels (in memory); None = the dataset's default (4 for 32 px, 2 for 28 px)
     cutout: int = 0
-    image_size: int = 32  # image folders only
-    channels: int = 3  # image folders only
-    strict: bool = False  # image folders: fail on an unreadable image instead of skipping it
-    # ImageNet-style augmentation (the streaming pipeline; 0 / "none" = off): RandomResizedCrop to train_crop,
-    # eval: resize the shorter side to eval_resize then center-crop eval_crop.
-    train_crop: int = 0
-    eval_resize: int = 0
-    eval_crop: int = 0
-    auto_augment: str = "none"  # none | trivialaugment | randaugment
-    random_erase: float = 0.0  # probability of RandomErasing per image
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
     cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off
-    # Streaming (folder:, imagenet:, shards:; resnetkit.data.sources): train_crop 0 means 224 there.
-    stream: str = "auto"  # auto | on | off: read images lazily in DataLoader workers, or hold them in memory
-    val_path: str | None = None  # a separate validation folder (or shard pattern)
-    workers: int = 4  # DataLoader worker processes for streamed data (0: decode in the training process)
-    crop_min_scale: float = 0.08  # RandomResizedCrop's smallest area fraction (1 with flip off: no augmentation)
-    draft: bool = True  # decode JPEGs at 1/2, 1/4 or 1/8 size in the DCT domain when the crop allows it
 
 
 # -- segmentation ------------------------------------------------------------------------------------
@@ -166,7 +153,7 @@ class SegmentationDataConfig:
 
 
 # task -> (model section, data section, changed defaults of the shared sections)
-TASKS = {
+TASK_CONFIGS = {
     "classification": (ClassificationModelConfig, ClassificationDataConfig, {}),
     # lr None: chosen from the batch size (seg_defaults.choose_lr); weight decay and warm-up as the shapes
     # benchmark found best from scratch (DeepLab's 1e-4 assumes an ImageNet backbone)
@@ -187,8 +174,8 @@ class TrainConfig:
 
     def __post_init__(self):
         if not _is_task(self.task):
-            raise config_error(f"task={_short(self.task)}: choose {' or '.join(TASKS)}", ("task",))
-        model_cls, data_cls, _ = TASKS[self.task]
+            raise config_error(f"task={_short(self.task)}: choose {' or '.join(TASK_CONFIGS)}", ("task",))
+        model_cls, data_cls, _ = TASK_CONFIGS[self.task]
         if type(self.model) is not model_cls or type(self.data) is not data_cls:
             raise ConfigError(f"task={self.task!r} needs model: {model_cls.__name__} and data: {data_cls.__name__}, "
                               f"got {type(self.model).__name__} and {type(self.data).__name__}")
@@ -197,8 +184,8 @@ class TrainConfig:
     def for_task(cls, task: str = "classification") -> TrainConfig:
         """The defaults of `task`."""
         if not _is_task(task):
-            raise config_error(f"task={_short(task)}: choose {' or '.join(TASKS)}", ("task",))
-        model_cls, data_cls, changes = TASKS[task]
+            raise config_error(f"task={_short(task)}: choose {' or '.join(TASK_CONFIGS)}", ("task",))
+        model_cls, data_cls, changes = TASK_CONFIGS[task]
         return apply_nested(cls(task=task, model=model_cls(), data=data_cls()), changes)
 
     def to_dict(self) -> dict:
@@ -232,7 +219,7 @@ MAX_BATCH = 2**31 - 1
 
 
 def _is_task(task) -> bool:
-    return isinstance(task, str) and task in TASKS
+    return isinstance(task, str) and task in TASK_CONFIGS
 
 
 def _short(value, limit: int = 60) -> str:
@@ -439,7 +426,7 @@ def load_config_file(path: str) -> dict:
     if not isinstance(d, dict):
         raise config_error(f"expected a table of sections, got {_short(d)}", (), where)
     if "task" in d and not _is_task(d["task"]):
-        raise config_error(f"task={_short(d['task'])}: choose {' or '.join(TASKS)}", ("task",), where)
+        raise config_error(f"task={_short(d['task'])}: choose {' or '.join(TASK_CONFIGS)}", ("task",), where)
     return d
 
 
@@ -453,27 +440,36 @@ def resolve(file: str | None = None, overrides: list[str] = (), flags: dict | No
     given later wins).
     `base`: start from this config instead of the defaults: a run's saved config when resuming it, where
     only the RESUMABLE keys may change (repeating a saved value is fine). Errors are ConfigErrors that
-    name the key and carry where its value came from (see `config_error`)."""
-    return resolve_with_origins(file, overrides, flags, task=task, base=base, recipe=recipe)[0]
-
-
-def resolve_with_origins(file: str | None = None, overrides: list[str] = (), flags: dict | None = None, *,
-                         task: str | None = None, base: TrainConfig | None = None, recipe: str | None = None
-                         ) -> tuple[TrainConfig, dict[str, Origin]]:
-    """`resolve`, also returning {dotted key: Origin} for every key that was set."""
-    origins: dict[str, Origin] = {}
+    name the key and carry where its value came from (see `config_error`).
+    (resnetkit.train.prepare.RunRequest is the same for a whole run, the CLI's way in.)"""
     loaded = load_config_file(file) if file else {}
     where = Origin("file", str(file)) if file else None
     from_recipe = load_recipe(recipe) if recipe else {}
-    if base is not None:
-        cfg = base
-    else:
-        try:
-            cfg = TrainConfig.for_task(task or loaded.get("task") or from_recipe.get("task") or "classification")
-        except ConfigError as e:
-            raise _relocated(e, () if task else (where,)) from None
+    layers = [(from_recipe, Origin("recipe", recipe))] if recipe else []
+    layers += [(loaded, where)] if file else []
+    layers += [({dotted.partition(".")[0]: {dotted.partition(".")[2]: value}}, Origin("flag", dotted))
+               for dotted, value in (flags or {}).items() if value is not None]
+    start = base if base is not None else for_task_of(task, loaded, where, from_recipe)
+    return resolve_layers(start, layers, overrides, resuming=base is not None)[0]
 
-    def apply(d: dict, origin: Origin) -> TrainConfig:
+
+def for_task_of(task: str | None, loaded: dict, where: Origin | None, from_recipe: dict) -> TrainConfig:
+    """The defaults of the run's task: `task`, else the config file's, else the recipe's, else classification
+    (a bad task in the file is named with the file)."""
+    try:
+        return TrainConfig.for_task(task or loaded.get("task") or from_recipe.get("task") or "classification")
+    except ConfigError as e:
+        raise _relocated(e, () if task else (where,)) from None
+
+
+def resolve_layers(cfg: TrainConfig, layers: list[tuple[dict, Origin]], overrides=(), *, resuming: bool = False
+                   ) -> tuple[TrainConfig, dict[str, Origin]]:
+    """`cfg` with each (nested dict, Origin) layer applied in order, then the `overrides` strings; checked.
+    Returns the config and {dotted key: Origin} for every key that was set. `resuming`: `cfg` is a run's
+    saved config: automatic values keep what it chose, and only RESUMABLE keys may change."""
+    base, origins = cfg, {}
+
+    def apply(cfg: TrainConfig, d: dict, origin: Origin) -> TrainConfig:
         new = apply_nested(cfg, d, (origin,))
         origins.update({f"{s}.{k}": origin for s, kv in d.items() if s in SECTIONS for k in kv})
         optim = d.get("optim") if isinstance(d.get("optim"), dict) else {}
@@ -482,27 +478,29 @@ def resolve_with_origins(file: str | None = None, overrides: list[str] = (), fla
             new = dataclasses.replace(new, optim=dataclasses.replace(new.optim, lr_per_256=0.0))
         return new
 
-    if recipe:
-        cfg = apply(from_recipe, Origin("recipe", recipe))
-    if file:
-        cfg = apply(loaded, where)
-    for dotted, value in (flags or {}).items():
-        if value is not None:
-            section, _, key = dotted.partition(".")
-            cfg = apply({section: {key: value}}, Origin("flag", dotted))
+    for d, origin in layers:
+        cfg = apply(cfg, d, origin)
     for text in overrides:
-        cfg = apply(parse_override(text), Origin("override", text))
+        cfg = apply(cfg, parse_override(text), Origin("override", text))
     if _finite(cfg.optim.lr_per_256) and cfg.optim.lr_per_256 > 0 and _finite(cfg.data.batch_size):
         cfg = dataclasses.replace(cfg, optim=dataclasses.replace(
             cfg.optim, lr=cfg.optim.lr_per_256 * cfg.data.batch_size / 256))
     try:
         check(cfg)
-        if base is not None:
-            cfg = fill_automatic(base, cfg)
+        if resuming:
+            cfg = fill_automatic(base, cfg)  # the run's own choices for its automatic values
             check_resume(base, cfg)
     except ConfigError as e:
         raise _relocated(e, [origins.get(k) for k in getattr(e, "keys", ())]) from None
     return cfg, origins
+
+
+def task_keys(task: str) -> dict[str, set[str]]:
+    """{section: its keys} of a task's config."""
+    model_cls, data_cls, _ = TASK_CONFIGS[task]
+    shared = {s: set(_field_types(c)) for s, c in (("optim", OptimConfig), ("schedule", ScheduleConfig),
+                                                    ("run", RunConfig))}
+    return {"model": set(_field_types(model_cls)), "data": set(_field_types(data_cls)), **shared}
 
 
 # -- value checks ----------------------------------------------------------------------------------
@@ -620,11 +618,11 @@ def check(cfg: TrainConfig) -> None:
         _in_range(cfg, "data.image_size", 8, MAX_PIXELS, whole=True)
         for key in ("data.train_crop", "data.eval_resize", "data.eval_crop"):
             _in_range(cfg, key, 0, MAX_PIXELS, whole=True)
-        _choice(cfg, "data.auto_augment", ("none", "trivialaugment", "randaugment"))
+        _choice(cfg, "data.auto_augment", AUTO_AUGMENTS)
         _in_range(cfg, "data.random_erase", 0, 1)
         for key in ("data.mixup_alpha", "data.cutmix_alpha"):
             _in_range(cfg, key, 0, 100)
-        _choice(cfg, "data.stream", ("auto", "on", "off"))
+        _choice(cfg, "data.stream", STREAM_MODES)
         _choice(cfg, "data.eval_tta", ("auto", "none", "flip"))
         _in_range(cfg, "data.workers", 0, 256, whole=True)
         _in_range(cfg, "data.crop_min_scale", 0, 1, lo_open=True)
@@ -695,8 +693,7 @@ def fill_automatic(saved: TrainConfig, cfg: TrainConfig) -> TrainConfig:
 
 def check_resume(saved: TrainConfig, cfg: TrainConfig) -> None:
     """Refuse `cfg` for resuming the run whose config is `saved` if it changes anything but RESUMABLE keys
-    (automatic values are first filled from `saved`: see fill_automatic)."""
-    cfg = fill_automatic(saved, cfg)
+    (fill its automatic values from `saved` first: see fill_automatic)."""
     if cfg.task != saved.task:
         raise config_error(f"task={cfg.task!r} cannot change on resume: the run is a {saved.task} run", ("task",))
     old, new = _flat(saved), _flat(cfg)

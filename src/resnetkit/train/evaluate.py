@@ -179,8 +179,9 @@ def _eval_split(data: str, data_dir: str | None, pre, size: int, channels: int, 
     """The split `evaluate_file` reads: folders, imagenet: and shards: are streamed (resized and cropped as the
     card's preprocessing says) when the card says how to crop, other data is held in memory at `size`."""
     crops = pre is not None and bool(pre.resize or pre.crop or pre.crop_fraction)
-    options = StreamOptions(stream="on" if crops and kind_of(data) != "named" else "auto", train_crop=size)
-    _, test = load_classification(data, data_dir, image_size=size, channels=channels, options=options)
+    options = StreamOptions(stream="on" if crops and kind_of(data) != "named" else "auto", train_crop=size,
+                            image_size=size, channels=channels)
+    _, test = load_classification(data, data_dir, options)
     if isinstance(test, ImageSet):
         return test
     resize = None  # no crop in the card: squash the whole image to size x size

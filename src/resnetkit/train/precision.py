@@ -15,11 +15,11 @@ import dataclasses
 import logging
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 
 from resnetkit.errors import ConfigError
+from resnetkit.export.backends import cpu_flags
 from resnetkit.train import distributed
 from resnetkit.train.config import TrainConfig
 
@@ -40,13 +40,9 @@ def autocast(device: torch.device, amp: str):
 
 
 def cpu_has_bf16() -> bool:
-    """The CPU computes bf16 natively (AVX512-BF16 or AMX): Linux's /proc/cpuinfo flags say so."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: no way to tell cheaply, so no
-        return False
-    flags = set(text.split())
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    """The CPU computes bf16 natively (AVX512-BF16 or AMX), as its flags say (RESNETKIT_CPU_FLAGS can pretend
+    a CPU without them: resnetkit.export.backends.cpu_flags)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def auto_amp(device: torch.device) -> tuple[str, str]:
@@ -98,9 +94,11 @@ def measure_channels_last(model: torch.nn.Module, task, micro_batch: int, amp: s
     return faster, f"timed {1e3 * plain:.1f} ms contiguous vs {1e3 * nhwc:.1f} ms channels_last per {n}-image step"
 
 
-def resolve_precision(cfg: TrainConfig, model: torch.nn.Module, task, d) -> TrainConfig:
+def resolve_precision(cfg: TrainConfig, d, measure) -> tuple[TrainConfig, dict]:
     """`cfg` with run.amp and run.channels_last "auto" replaced by this machine's choice (logged on rank 0;
-    every rank takes rank 0's timing), and the explicit choices checked against the device."""
+    every rank takes rank 0's timing), the explicit choices checked against the device, and {key: {"value",
+    "why"}} for each automatic one. `measure(amp)` -> (faster, why) times the two layouts on a CPU
+    (measure_channels_last on a copy of the run's model and task)."""
     r, device = cfg.run, d.device
     amp, amp_why = r.amp, "asked for"
     if amp == "auto":
@@ -116,9 +114,11 @@ def resolve_precision(cfg: TrainConfig, model: torch.nn.Module, task, d) -> Trai
             cl = amp != "none" and torch.cuda.get_device_capability(device) >= (7, 0)
             cl_why = "tensor cores with reduced precision" if cl else "fp32 or no tensor cores"
         else:
-            micro = cfg.data.batch_size // (d.world * cfg.optim.grad_accum)
-            cl, cl_why = measure_channels_last(model, task, micro, amp) if d.main else (False, "")
+            cl, cl_why = measure(amp) if d.main else (False, "")
             cl = bool(distributed.all_reduce_sum(torch.tensor(float(cl), device=device), d) > 0)  # rank 0's
     if d.main and "auto" in (r.amp, r.channels_last):
         log.info("precision: amp %s (%s); channels_last %s (%s)", amp, amp_why, cl, cl_why)
-    return dataclasses.replace(cfg, run=dataclasses.replace(r, amp=amp, channels_last=bool(cl)))
+    why = {k: {"value": v, "why": w} for k, v, w, given in (("run.amp", amp, amp_why, r.amp),
+                                                           ("run.channels_last", bool(cl), cl_why, r.channels_last))
+           if given == "auto"}
+    return dataclasses.replace(cfg, run=dataclasses.replace(r, amp=amp, channels_last=bool(cl))), why

@@ -1,4 +1,5 @@
-"""Run directories: the folders training writes into, recognised by a marker file.
+"""Run directories: the folders training writes into, recognised by a marker file; `RunDir` owns every
+write into one.
 
 A run directory holds RUN_DIR/.resnetkit-run (JSON: kind, task, created, resnetkit version), written
 atomically before anything else. A new run starts only in a missing or empty folder, so it never
@@ -10,15 +11,23 @@ writes there is written atomically (a temp file renamed), metrics.jsonl by whole
 from __future__ import annotations
 
 import datetime
+import errno
 import importlib.metadata
 import json
+import os
+import shutil
+from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
-from resnetkit._helpers import atomic_write_json, check_output, first_few
+from resnetkit._helpers import atomic_write, atomic_write_json, check_output, first_few
 from resnetkit.errors import OutputExistsError, UserError
+from resnetkit.train import report
+from resnetkit.train.checkpoint import atomic_torch_save
 
 MARKER = ".resnetkit-run"
-CHECKPOINT, WEIGHTS = "checkpoint.pt", "model.safetensors"
+CHECKPOINT, WEIGHTS, METRICS, CURVES, CONFIG = ("checkpoint.pt", "model.safetensors", "metrics.jsonl",
+                                                "learning_curve.png", "config.json")
 
 
 class RunWriteError(UserError, OSError):
@@ -122,3 +131,145 @@ def discard(run_dir: Path, created: list[Path]) -> None:
             d.rmdir()
         except OSError:
             break
+
+
+class RunDir:
+    """One run's folder and every write into it (rank 0 only): the marker, config.json, metrics.jsonl, the
+    curves, the weights and the checkpoint.
+
+    A new run writes the marker first, then config.json (`open`). Each epoch ends in one all-or-nothing
+    `commit`: the metrics row, the curves, the weights (at the end of the run), config.json (a resumed run,
+    once) and then the checkpoint, which is the commit point. If any write fails, the ones before it are
+    undone, so the folder is exactly as the last checkpoint left it, and the failure is one RunWriteError
+    naming the file, its errno and what was kept. A new run that fails before its first checkpoint is
+    removed again (`discard`)."""
+
+    def __init__(self, path: str | Path, *, resumed: bool, saved_step: int | None = None):
+        self.path, self.resumed = Path(path), resumed
+        self.saved_step = saved_step  # the step of the checkpoint on disk, once there is one
+        self.created: list[Path] = []  # folders this run made (removed again by discard)
+        self.config_written = False  # config.json says what this process trains
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @contextmanager
+    def writing(self, path: Path, what: str):
+        """Turn a failed write of `path` into one RunWriteError that names it and says what was kept."""
+        try:
+            yield
+        except OSError as e:
+            if isinstance(e, UserError):
+                raise
+            code = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
+            if self.saved_step is not None:
+                kept = (f"the run is as its checkpoint at step {self.saved_step} left it ({self.file(CHECKPOINT)} "
+                        "and the files before it are intact); fix the cause, then resume the run (CLI: --resume)")
+            elif not self.resumed:
+                kept = ("no checkpoint had been written yet, so the run's own files were removed and nothing else "
+                        "was touched; fix the cause and start again")
+            else:
+                kept = "nothing was replaced"
+            raise RunWriteError(e.errno, f"{path}: cannot write the {what}: {e.strerror or e}{code}; {kept}",
+                                str(path)) from None
+
+    def open(self, config: dict, task: str, epoch: int) -> None:
+        """Before training: a new run gets its folder, the marker (first) and config.json; a resumed one has
+        metrics.jsonl cut back to its checkpoint's `epoch` (a torn last line dropped)."""
+        if not self.file(MARKER).is_file():
+            with self.writing(self.path, "run directory"):
+                if not self.resumed:
+                    self.created = make_dirs(self.path)
+            with self.writing(self.file(MARKER), "run marker"):
+                write_marker(self.path, "train", task=task)
+        if self.resumed:  # config.json is rewritten with the resumed run's first checkpoint
+            with self.writing(self.file(METRICS), "metrics"):
+                report.truncate_metrics(self.file(METRICS), epoch)
+        else:
+            self._write_config(config)
+
+    def _write_config(self, config: dict) -> Callable[[], None]:
+        """The one writer of config.json; returns how to put back what was there."""
+        path = self.file(CONFIG)
+        old = path.read_bytes() if path.is_file() else None
+        with self.writing(path, "config"):
+            atomic_write_json(path, config)
+        self.config_written = True
+        return lambda: _restore_file(path, old)
+
+    def commit(self, row: dict, panels, state: dict, save_weights: Callable[[Path], None] | None = None) -> None:
+        """End an epoch: the metrics row, the curves, the weights (`save_weights(path)`, the final epoch
+        only), config.json (a resumed run that has not yet said what it goes on with), then the checkpoint
+        `state`. If one fails, the ones before are undone: the folder stays as the last checkpoint left it."""
+        metrics, curves, weights = self.file(METRICS), self.file(CURVES), self.file(WEIGHTS)
+        prev = weights.with_name(f".{WEIGHTS}.prev")
+        undo = []
+        try:
+            with self.writing(metrics, "metrics"):
+                size = report.append_metrics(metrics, row)
+            undo.append(lambda: os.truncate(metrics, size))
+            old_curves = curves.read_bytes() if curves.is_file() else None
+            with self.writing(curves, "learning curves"):
+                report.plot_curves(report.read_metrics(metrics), curves, panels)
+            undo.append(lambda: _restore_file(curves, old_curves))
+            if save_weights is not None:
+                undo.append(self._replace_weights(save_weights))
+            if not self.config_written:
+                undo.append(self._write_config(state["config"]))
+                undo.append(lambda: setattr(self, "config_written", False))
+            self.write_checkpoint(state)
+        except BaseException:
+            for u in reversed(undo):
+                try:
+                    u()
+                except OSError:
+                    pass
+            raise
+        prev.unlink(missing_ok=True)
+
+    def _replace_weights(self, save_weights: Callable[[Path], None]) -> Callable[[], None]:
+        """Write the weights; weights exist already only when a run that stopped at schedule.max_steps goes
+        on: they are kept (a hard link, removed after the commit) until the checkpoint has committed the new
+        ones. Returns the undo."""
+        weights = self.file(WEIGHTS)
+        prev, had = weights.with_name(f".{WEIGHTS}.prev"), weights.is_file()
+        try:
+            if had:
+                with self.writing(prev, "weights"):
+                    _link_or_copy(weights, prev)
+            with self.writing(weights, "weights"):
+                save_weights(weights)
+        except BaseException:
+            prev.unlink(missing_ok=True)  # the old weights were never replaced
+            raise
+        return lambda: os.replace(prev, weights) if had else weights.unlink(missing_ok=True)
+
+    def write_checkpoint(self, state: dict) -> None:
+        """The checkpoint alone (an interrupted run; the last write of `commit`)."""
+        if not self.config_written:  # a resumed run stopped before its first epoch ended
+            self._write_config(state["config"])
+        with self.writing(self.file(CHECKPOINT), "checkpoint"):
+            atomic_torch_save(state, self.file(CHECKPOINT))
+        self.saved_step = state["step"]
+
+    def discard_if_new(self) -> None:
+        """A new run that never checkpointed leaves nothing behind."""
+        if not self.resumed and self.saved_step is None:
+            discard(self.path, self.created)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+def _restore_file(path: Path, data: bytes | None) -> None:
+    """Put back what `path` held (None: it did not exist)."""
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        with atomic_write(path) as tmp:
+            tmp.write_bytes(data)

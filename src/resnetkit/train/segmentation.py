@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from resnetkit.train.distributed import Dist
 from resnetkit.train.evaluate import evaluate_segmentation
 from resnetkit.train.report import Panel
 from resnetkit.train.seg_defaults import format_choices, resolve_auto
-from resnetkit.train.task import Task, build
+from resnetkit.train.task import Task, TaskData, build
 from resnetkit.weights import Preprocessing, load_backbone_weights, read_card
 
 log = logging.getLogger("resnetkit.train")
@@ -80,23 +79,32 @@ class SegmentationTask(Task):
                                                             ("val pixel accuracy", "val_pixel_acc"),
                                                             ("train pixel accuracy", "train_pixel_acc"))))
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
-        super().__init__(cfg, device)
+    @classmethod
+    def load(cls, cfg: TrainConfig) -> tuple[TaskData, TrainConfig, dict[str, tuple]]:
+        """The splits and a look at them (resnetkit.data.segmentation.summarize); every automatic (None) value
+        chosen from it and the backbone (resnetkit.train.seg_defaults)."""
         c = cfg.data
         try:
-            self.train_set = load_split(c.path, c.train_split)
-            self.eval_set = load_split(c.path, c.val_split)
+            train, val = load_split(c.path, c.train_split), load_split(c.path, c.val_split)
         except MissingFileError as e:  # no such folder or split file: say which key
             raise config_error(str(e), ("data.path",), cls=MissingFileError) from None
         if c.subset:
-            self.train_set = self.train_set.subset(c.subset)
+            train = train.subset(c.subset)
         if c.eval_subset:
-            self.eval_set = self.eval_set.subset(c.eval_subset)
-        self.data_summary = summarize(self.train_set)
-        self.cfg, choices = resolve_auto(cfg, self.data_summary, weights_arch(cfg.model.backbone_weights))
-        if os.environ.get("RANK", "0") == "0":
-            log.info("%s", format_choices(choices, self.data_summary))
-        c = self.cfg.data
+            val = val.subset(c.eval_subset)
+        summary = summarize(train)
+        cfg, choices = resolve_auto(cfg, summary, weights_arch(cfg.model.backbone_weights))
+        auto = {c.key: (c.value, c.reason) for c in choices if c.auto}
+        return TaskData(train, val, summary, choices), cfg, auto
+
+    @classmethod
+    def log_choices(cls, choices: dict[str, tuple], data: TaskData) -> None:
+        log.info("%s", format_choices(data.notes, data.summary))
+
+    def __init__(self, cfg: TrainConfig, data: TaskData, device: torch.device):
+        super().__init__(cfg, data, device)
+        c = cfg.data
+        self.data_summary = data.summary
         self.aug = JointAugment(c.crop_size, c.min_scale, c.max_scale, c.flip)
         self.class_weights = class_weights(self.data_summary.class_freq).to(device)
         self.mean: tuple[float, ...] | None = None  # set by init_weights or load_state_dict

@@ -5,9 +5,11 @@ accumulation, checkpoints and exact resume, signals, budget planning, logging, m
 curves PNG and the final weights file. A task (ClassificationTask, SegmentationTask) owns its data,
 its model, how a batch is made, the loss, its training sums, evaluation and what its weights file says.
 
-Contract, in the order the Trainer uses it:
-  Task(cfg, device)            load the data: `train_set` (len() images) and `eval_set`; `task.cfg` is
-                               the config to run: `cfg` with any automatic values filled from the data
+Contract, in the order resnetkit.train.prepare and the Trainer use it:
+  Task.load(cfg)               classmethod: read the data once -> (TaskData, cfg with the automatic values
+                               the data decides filled in, {key: (value, why)} of those choices)
+  Task.log_choices(choices, data)   classmethod: say them in the log (rank 0)
+  Task(cfg, data, device)      the task for the final config: `train_set` (len() images) and `eval_set`
   check_micro_batch(n)         refuse a per-process micro-batch of n images the model cannot train on
   build_model()                a new model on the CPU (the Trainer seeds the RNG first)
   init_weights(model)          fresh runs only: e.g. copy a backbone in; resumed runs get load_state_dict
@@ -30,6 +32,9 @@ Contract, in the order the Trainer uses it:
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -56,6 +61,16 @@ def build(name: str, name_key: str, kwargs: dict, **required) -> torch.nn.Module
         raise config_error(str(e), (name_key,)) from None
 
 
+@dataclass
+class TaskData:
+    """What Task.load read: the training and evaluation sets, and what the task learnt from a look at them."""
+
+    train: Any
+    eval: Any
+    summary: Any = None  # segmentation: resnetkit.data.segmentation.DataSummary
+    notes: Any = None  # segmentation: every setting's value and reason, for the log's start block
+
+
 class Task:
     """Base of the task adapters; see the module docstring for the contract."""
 
@@ -63,9 +78,17 @@ class Task:
     SUMS: tuple[str, ...] = ()
     PANELS: tuple[Panel, ...] = ()
 
-    def __init__(self, cfg: TrainConfig, device: torch.device):
+    def __init__(self, cfg: TrainConfig, data: TaskData, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.train_set = self.eval_set = None
+        self.train_set, self.eval_set = data.train, data.eval
+
+    @classmethod
+    def load(cls, cfg: TrainConfig) -> tuple[TaskData, TrainConfig, dict[str, tuple]]:
+        raise NotImplementedError
+
+    @classmethod
+    def log_choices(cls, choices: dict[str, tuple], data: TaskData) -> None:
+        """Log the automatic choices Task.load made (rank 0)."""
 
     def check_micro_batch(self, n: int) -> None:
         """Raise ConfigError if the model cannot train on micro-batches of n images per process."""

@@ -1,5 +1,6 @@
-"""The one training loop: train(config) -> Trainer(config).fit(), for every task.
+"""The one training loop: train(config) -> Trainer(prepare(config)).fit(), for every task.
 
+resnetkit.train.prepare makes the run (config resolved once, data, task, model); the Trainer only trains it.
 A task adapter (resnetkit.train.task.Task: ClassificationTask, SegmentationTask) supplies the data, the
 model, batches, the loss and the metrics; the Trainer owns the rest. One precision path (autocast on or
 off), one DDP wrapping place (distributed.wrap), and an unwrapped `self.model` for saving, EMA and
@@ -13,88 +14,50 @@ they may evaluate with `d=trainer.d`; only `trainer.d.main` should write files):
     on_epoch_end(trainer, row)    after each evaluation; returns the row to record (add keys to it)
     on_fit_start(trainer)         once, after the run directory is ready (a resumed run: at its checkpoint)
 
-The run directory (resnetkit.train.rundir): a new run starts only in a missing or empty folder, which gets
-the marker file first. At the end of each epoch the metrics row, the curves, the weights (at the end of
-the run) and the checkpoint are written in that order, the checkpoint last: it is the commit. If any of
-them fails, the others are undone, so the folder is exactly as the last checkpoint left it; a new run that
-fails before its first checkpoint removes what it wrote. A disk error is one RunWriteError naming the file
-and what was kept.
+Every file goes through the run directory (resnetkit.train.rundir.RunDir): the marker and config.json
+first, then one all-or-nothing commit per epoch with the checkpoint last; a disk error is one RunWriteError
+naming the file and what was kept.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
-import os
-import shutil
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from contextlib import nullcontext
 
 import torch
 from tqdm import tqdm
 
-from resnetkit._helpers import atomic_write, atomic_write_json, load_state_dict_strict
+from resnetkit._helpers import load_state_dict_strict
 from resnetkit.data.loader import derived_generator, epoch_batches, shard, steps_per_epoch
-from resnetkit.errors import CheckpointError, UserError
-from resnetkit.train import checkpoint, distributed, report, rundir
-from resnetkit.train.classification import ClassificationTask
-from resnetkit.train.config import TrainConfig, check, check_resume, config_error, fill_automatic
+from resnetkit.errors import CheckpointError, ConfigError, MissingFileError, UserError
+from resnetkit.train import checkpoint, distributed
+from resnetkit.train.config import TrainConfig, config_error
 from resnetkit.train.evaluate import autocast
 from resnetkit.train.optim import EMA, build_optimizer
-from resnetkit.train.precision import resolve_precision
+from resnetkit.train.prepare import PreparedRun, locate, prepare
+from resnetkit.train.rundir import CHECKPOINT, WEIGHTS, RunDir
 from resnetkit.train.schedule import BudgetPlanner, lr_at
-from resnetkit.train.segmentation import SegmentationTask
-from resnetkit.train.task import Task
 from resnetkit.weights import save_weights
 
 log = logging.getLogger("resnetkit.train")
 
-CHECKPOINT, WEIGHTS, METRICS, CURVES = "checkpoint.pt", "model.safetensors", "metrics.jsonl", "learning_curve.png"
-CHECKPOINT_VERSION = checkpoint.VERSION
-TASKS: dict[str, type[Task]] = {"classification": ClassificationTask, "segmentation": SegmentationTask}
-
 
 class Trainer:
-    """Train `cfg` (a TrainConfig of any task) in `cfg.run.out`; `resume=True` continues the run there."""
+    """Train a PreparedRun (resnetkit.train.prepare), or a TrainConfig that it prepares here (`resume=True`:
+    continue the run in its run.out)."""
 
-    def __init__(self, cfg: TrainConfig, *, resume: bool = False, hooks=(), clock=time.perf_counter):
-        """resume=True: continue the run in cfg.run.out from its checkpoint; `cfg` must then be the run's own
-        config (checkpoint.run_config(run_dir) reads it) apart from the keys config.RESUMABLE names."""
+    def __init__(self, run: PreparedRun | TrainConfig, *, resume: bool = False, hooks=(), clock=time.perf_counter):
         self.clock, self.t_start = clock, clock()
-        check(cfg)
-        self.run_dir = Path(cfg.run.out)
-        self.resumed = resume
-        self.d = distributed.init()
-        state = None
-        if resume:
-            state = checkpoint.load_checkpoint(self.run_dir / CHECKPOINT)
-            saved = checkpoint.saved_config(state, self.run_dir / CHECKPOINT)
-            cfg = fill_automatic(saved, cfg)  # the run's own choices for its automatic values
-            check_resume(saved, cfg)
-        elif self.d.main:  # only rank 0 writes, and only it looks: the others may start after it made the folder
-            rundir.check_new_run_dir(self.run_dir, inputs=_inputs(cfg))
-        self.saved_step: int | None = None  # the step of the checkpoint on disk, once there is one
-        self.config_written = False  # config.json says what this process trains
-        self.created_dirs: list[Path] = []
-        self.cfg, self.hooks = cfg, list(hooks)
-        self._set_determinism()
-        self.task = TASKS[cfg.task](cfg, self.d.device)
-        cfg = self.cfg = self.task.cfg  # the task fills automatic values from its data (seg_defaults)
-        self._check_batch()
-
-        torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-        self.model = self.task.build_model()
-        if state is None:
-            self.task.init_weights(self.model)  # a resumed run gets the task's state with the rest (_restore)
-        self.model.to(self.d.device)
-        # run.amp / run.channels_last "auto" -> this machine's choice, recorded in config.json and checkpoints
-        cfg = self.cfg = self.task.cfg = resolve_precision(cfg, self.model, self.task, self.d)
-        if cfg.run.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        run = run if isinstance(run, PreparedRun) else prepare(run, resume=resume)
+        self.prepared, self.hooks = run, list(hooks)
+        cfg, self.task, self.model, self.d = run.cfg, run.task, run.model, run.dist
+        self.cfg = cfg
+        self.resumed = run.resumed
+        self.run_dir = RunDir(cfg.run.out, resumed=run.resumed)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.run.amp == "fp16")
         self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
@@ -106,8 +69,8 @@ class Trainer:
         self.epoch_seconds = 0.0
         self.total = self._initial_total()  # the schedule's length; the learning rates follow it
         self.planner = None
-        if state is not None:
-            self._restore(state)
+        if run.state is not None:
+            self._restore(run.state)
         elif cfg.schedule.budget_min > 0 and cfg.schedule.steps <= 0:
             # An evaluation image costs about a third of a training image (forward only).
             eval_guess = len(self.task.eval_set) / cfg.data.batch_size / 3
@@ -121,28 +84,6 @@ class Trainer:
         self.stop_signal: int | None = None
 
     # -- set-up ------------------------------------------------------------------------------
-
-    def _set_determinism(self) -> None:
-        r = self.cfg.run
-        if r.threads:
-            torch.set_num_threads(r.threads)
-        if r.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.benchmark = False
-
-    def _check_batch(self) -> None:
-        b, accum = self.cfg.data.batch_size, self.cfg.optim.grad_accum
-        parts = self.d.world * accum
-        if b % parts:
-            raise config_error(f"data.batch_size={b} does not split into {self.d.world} processes x "
-                               f"optim.grad_accum={accum} micro-batches; choose a multiple of {parts}",
-                               ("data.batch_size", "optim.grad_accum"))
-        n = len(self.task.train_set)
-        if n < b:
-            raise config_error(f"the training set has {n} images, fewer than one batch of data.batch_size={b}; "
-                               "lower data.batch_size", ("data.batch_size", "data.subset"))
-        self.task.check_micro_batch(b // parts)
 
     def _initial_total(self) -> int:
         s = self.cfg.schedule
@@ -159,7 +100,7 @@ class Trainer:
         return min(self.total, m) if m > 0 else self.total
 
     def _restore(self, state: dict) -> None:
-        path = self.run_dir / CHECKPOINT
+        path = self.run_dir.file(CHECKPOINT)
         try:
             self._load_state(state)
         except UserError:
@@ -167,18 +108,18 @@ class Trainer:
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
             raise CheckpointError(f"{path}: its state does not fit this run's config ({type(e).__name__}: "
                                   f"{checkpoint._first_line(e)})") from None
-        self.saved_step = self.step
+        self.run_dir.saved_step = self.step
         if self.step >= self.stop_at:
             more = (f" (it stopped at schedule.max_steps={self.cfg.schedule.max_steps} of {self.total}: raise that to "
                     "go on)" if self.step < self.total else "")
-            raise config_error(f"run.out={self.run_dir}: the run already finished ({self.step} steps){more}; nothing "
-                               "to resume", ("schedule.max_steps",))
+            raise config_error(f"run.out={self.run_dir.path}: the run already finished ({self.step} steps){more}; "
+                               "nothing to resume", ("schedule.max_steps",))
         if self.d.main:
-            log.info("resuming %s at step %d of %d (epoch %d, batch %d)", self.run_dir, self.step, self.stop_at,
+            log.info("resuming %s at step %d of %d (epoch %d, batch %d)", self.run_dir.path, self.step, self.stop_at,
                      self.epoch + 1, self.batch_in_epoch)
 
     def _load_state(self, state: dict) -> None:
-        path = self.run_dir / CHECKPOINT
+        path = self.run_dir.file(CHECKPOINT)
         counts = {k: state[k] for k in ("step", "total_steps", "epoch", "batch_in_epoch")}
         if any(type(v) is not int or v < 0 for v in counts.values()) or counts["batch_in_epoch"] > self.spe or \
                 counts["step"] > counts["total_steps"] or not 1 <= counts["total_steps"] <= 10**9:
@@ -208,7 +149,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            "version": CHECKPOINT_VERSION,
+            "version": checkpoint.VERSION,
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -233,96 +174,7 @@ class Trainer:
         """Every rank calls this (the epoch sums are summed over processes); rank 0 writes."""
         sums = self.global_epoch_sums()
         if self.d.main:
-            self._write_checkpoint(sums)
-
-    def _write_checkpoint(self, sums: torch.Tensor) -> None:
-        with self._writing(self.run_dir / CHECKPOINT, "checkpoint"):
-            checkpoint.atomic_torch_save({**self.state_dict(), "epoch_sums": sums}, self.run_dir / CHECKPOINT)
-        self.saved_step = self.step
-
-    # -- the run directory -------------------------------------------------------------------
-
-    @contextmanager
-    def _writing(self, path: Path, what: str):
-        """Turn a failed write of `path` into one RunWriteError that names it and says what was kept."""
-        try:
-            yield
-        except OSError as e:
-            if isinstance(e, UserError):
-                raise
-            code = _errno_name(e.errno)
-            if self.saved_step is not None:
-                kept = (f"the run is as its checkpoint at step {self.saved_step} left it ({self.run_dir / CHECKPOINT} "
-                        "and the files before it are intact); fix the cause, then resume the run (CLI: --resume)")
-            elif not self.resumed:
-                kept = ("no checkpoint had been written yet, so the run's own files were removed and nothing else "
-                        "was touched; fix the cause and start again")
-            else:
-                kept = "nothing was replaced"
-            raise rundir.RunWriteError(e.errno, f"{path}: cannot write the {what}: {e.strerror or e}{code}; {kept}",
-                                       str(path)) from None
-
-    def _open_run_dir(self) -> None:
-        """Rank 0, before training: the marker (first) and config.json; on resume metrics.jsonl cut back to
-        the checkpoint (a torn last line dropped)."""
-        if not (self.run_dir / rundir.MARKER).is_file():
-            with self._writing(self.run_dir, "run directory"):
-                if not self.resumed:
-                    self.created_dirs = rundir.make_dirs(self.run_dir)
-            with self._writing(self.run_dir / rundir.MARKER, "run marker"):
-                rundir.write_marker(self.run_dir, "train", task=self.cfg.task)
-        if not self.resumed:  # a resumed run rewrites it with its first checkpoint (_commit_epoch)
-            with self._writing(self.run_dir / "config.json", "config"):
-                atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
-            self.config_written = True
-        else:
-            with self._writing(self.run_dir / METRICS, "metrics"):
-                report.truncate_metrics(self.run_dir / METRICS, self.epoch)
-
-    def _commit_epoch(self, row: dict, sums: torch.Tensor, final: bool) -> None:
-        """Rank 0: the metrics row, the curves, the weights (final epoch), then the checkpoint, the commit.
-        If one fails, the ones before are undone: the folder stays as the last checkpoint left it."""
-        metrics, curves, weights = (self.run_dir / n for n in (METRICS, CURVES, WEIGHTS))
-        undo = []
-        try:
-            with self._writing(metrics, "metrics"):
-                size = report.append_metrics(metrics, row)
-            undo.append(lambda: os.truncate(metrics, size))
-            old_curves = curves.read_bytes() if curves.is_file() else None
-            with self._writing(curves, "learning curves"):
-                report.plot_curves(report.read_metrics(metrics), curves, self.task.PANELS)
-            undo.append(lambda: _restore_file(curves, old_curves))
-            if final:
-                # Weights exist already only when a run that stopped at schedule.max_steps goes on: keep them
-                # (a hard link) until the checkpoint has committed the new ones.
-                prev, had = weights.with_name(f".{WEIGHTS}.prev"), weights.is_file()
-                try:
-                    if had:
-                        with self._writing(prev, "weights"):
-                            _link_or_copy(weights, prev)
-                    with self._writing(weights, "weights"):
-                        self._save_weights(row)
-                except BaseException:
-                    prev.unlink(missing_ok=True)  # the old weights were never replaced
-                    raise
-                undo.append(lambda: os.replace(prev, weights) if had else weights.unlink(missing_ok=True))
-            if self.resumed and not self.config_written:  # a resumed run says what it goes on with once it has
-                config = self.run_dir / "config.json"
-                old_config = config.read_bytes() if config.is_file() else None
-                with self._writing(config, "config"):
-                    atomic_write_json(config, self.cfg.to_dict())
-                undo.append(lambda: _restore_file(config, old_config))
-            self._write_checkpoint(sums)
-            self.config_written = True
-        except BaseException:
-            for u in reversed(undo):
-                try:
-                    u()
-                except OSError:
-                    pass
-            raise
-        if final:
-            prev.unlink(missing_ok=True)
+            self.run_dir.write_checkpoint({**self.state_dict(), "epoch_sums": sums})
 
     # -- training ----------------------------------------------------------------------------
 
@@ -360,8 +212,9 @@ class Trainer:
         loss = float(sums[0])
         bad = torch.tensor(0.0 if math.isfinite(loss) else 1.0, device=self.d.device)
         if float(distributed.all_reduce_sum(bad, self.d)) > 0:
-            kept = (f"the last good checkpoint {self.run_dir / CHECKPOINT} (step {self.saved_step}) is kept"
-                    if self.saved_step is not None else
+            saved = self.run_dir.saved_step
+            kept = (f"the last good checkpoint {self.run_dir.file(CHECKPOINT)} (step {saved}) is kept"
+                    if saved is not None else
                     "no checkpoint had been written yet, so the run's own files were removed")
             raise UserError(f"loss became {loss} at step {self.step} (epoch {self.epoch + 1}); training stopped; "
                             f"{kept}; lower optim.lr or add warm-up (schedule.warmup_steps)")
@@ -436,7 +289,9 @@ class Trainer:
                 row = h.on_epoch_end(self, row)
         sums = self.global_epoch_sums()
         if self.d.main:
-            self._commit_epoch(row, sums, final=self.step >= self.stop_at)
+            final = self.step >= self.stop_at
+            self.run_dir.commit(row, self.task.PANELS, {**self.state_dict(), "epoch_sums": sums},
+                                (lambda path: self._save_weights(path, row)) if final else None)
             log.info("epoch %d step %d/%d | %s | lr %.4g | %.0f img/s | %.0f s", self.epoch, self.step, self.stop_at,
                      self.task.summary(row), row["lr"], row["img_s"], row["time_s"])
         return row
@@ -447,9 +302,9 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.d.main:
-                self._open_run_dir()
+                self.run_dir.open(self.cfg.to_dict(), self.cfg.task, self.epoch)
                 log.info("training %s, %d steps/epoch, %d steps, device %s x%d -> %s", self.task.describe(),
-                         self.spe, self.stop_at, self.d.device, self.d.world, self.run_dir)
+                         self.spe, self.stop_at, self.d.device, self.d.world, self.run_dir.path)
             for h in self.hooks:
                 if hasattr(h, "on_fit_start"):
                     h.on_fit_start(self)
@@ -462,8 +317,8 @@ class Trainer:
                         return self._interrupted()
                     row = self.end_epoch(metrics)
         except BaseException:
-            if self.d.main and not self.resumed and self.saved_step is None:
-                rundir.discard(self.run_dir, self.created_dirs)  # a new run that never checkpointed leaves nothing
+            if self.d.main:
+                self.run_dir.discard_if_new()
             raise
         finally:
             for s, h in old.items():
@@ -474,21 +329,17 @@ class Trainer:
         self.request_stop(signum)
 
     def _interrupted(self) -> dict:
-        if self.d.main and self.resumed and not self.config_written:
-            with self._writing(self.run_dir / "config.json", "config"):
-                atomic_write_json(self.run_dir / "config.json", self.cfg.to_dict())
-            self.config_written = True
         self.save_checkpoint()
         signum = self.stop_signal or signal.SIGINT
         if self.d.main:
             log.warning("%s at step %d: checkpoint saved to %s; resume the run to continue",
-                        signal.Signals(signum).name, self.step, self.run_dir / CHECKPOINT)
-        return {"interrupted": True, "exit_code": 128 + signum, "step": self.step, "run_dir": str(self.run_dir)}
+                        signal.Signals(signum).name, self.step, self.run_dir.file(CHECKPOINT))
+        return {"interrupted": True, "exit_code": 128 + signum, "step": self.step, "run_dir": str(self.run_dir.path)}
 
-    def _save_weights(self, row: dict) -> None:
+    def _save_weights(self, path, row: dict) -> None:
         """The weights file (rank 0) with the task's card, the step count and the config."""
-        save_weights(self.eval_model(), self.run_dir / WEIGHTS, **self.task.card(row),
-                     source=f"resnetkit.train ({self.cfg.task}) -> {self.run_dir}",
+        save_weights(self.eval_model(), path, **self.task.card(row),
+                     source=f"resnetkit.train ({self.cfg.task}) -> {self.run_dir.path}",
                      extra={"steps": self.step, "wall_s": row["time_s"], "train_config": self.cfg.to_dict(),
                             "command": " ".join(sys.argv)})
 
@@ -496,44 +347,22 @@ class Trainer:
         """The summary of a run that reached its end (its weights were written with the last checkpoint)."""
         if self.d.main:
             log.info("done: %s after %d steps in %.0f s; weights %s", self.task.final_summary(row), self.step,
-                     row["time_s"], self.run_dir / WEIGHTS)
-        return {"interrupted": False, "exit_code": 0, "step": self.step, "run_dir": str(self.run_dir), **row}
+                     row["time_s"], self.run_dir.file(WEIGHTS))
+        return {"interrupted": False, "exit_code": 0, "step": self.step, "run_dir": str(self.run_dir.path), **row}
 
 
-def _errno_name(code: int | None) -> str:
-    return f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.unlink(missing_ok=True)
+def train(cfg: PreparedRun | TrainConfig, resume: bool = False, hooks=()) -> dict:
+    """Build a Trainer from `cfg` (a PreparedRun, or a TrainConfig to prepare) and fit (see Trainer.fit for the
+    result); tears the process group down afterwards."""
     try:
-        os.link(src, dst)
-    except OSError:  # a file system without hard links
-        shutil.copy2(src, dst)
-
-
-def _restore_file(path: Path, data: bytes | None) -> None:
-    """Put back what `path` held (None: it did not exist)."""
-    if data is None:
-        path.unlink(missing_ok=True)
-    else:
-        with atomic_write(path) as tmp:
-            tmp.write_bytes(data)
-
-
-def _inputs(cfg: TrainConfig) -> list[str]:
-    """What a run reads, which its run directory may not be, nor lie inside."""
-    if cfg.task == "segmentation":
-        return [cfg.data.path, cfg.model.backbone_weights]
-    return [cfg.data.data_dir]
-
-
-def train(cfg: TrainConfig, resume: bool = False, hooks=()) -> dict:
-    """Build a Trainer from `cfg` and fit (see Trainer.fit for the result); tears the process group down
-    afterwards."""
-    try:
-        trainer = Trainer(cfg, resume=resume, hooks=hooks)
-        result = trainer.fit()
+        run = cfg if isinstance(cfg, PreparedRun) else prepare(cfg, resume=resume)
+        try:
+            trainer = Trainer(run, hooks=hooks)
+            result = trainer.fit()
+        except (ConfigError, MissingFileError) as e:  # a value the checkpoint or the schedule refuses: where it came from
+            if getattr(e, "keys", ()) and not getattr(e, "origins", ()):
+                raise locate(e, run.origins) from None
+            raise
         # Rank 0 may still be writing files: a rank that tore gloo down first could abort at exit.
         distributed.barrier(trainer.d)
         return result
