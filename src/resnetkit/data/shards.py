@@ -25,7 +25,7 @@ import random
 import re
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,7 +34,7 @@ from resnetkit._helpers import atomic_write, atomic_write_json, check_output
 from resnetkit.data import datasets, stream
 from resnetkit.data.folder import IMAGE_SUFFIXES
 from resnetkit.data.loader import derived_generator
-from resnetkit.data.stream import EvalTransform, TrainTransform, image_seed
+from resnetkit.data.stream import EvalTransform, StreamedSplit, TrainTransform, image_seed
 from resnetkit.errors import ConfigError, DataError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def _shard_list(pattern: str, what: str) -> tuple[list[str], list[int], list[str
 
 
 @dataclass
-class ShardSet:
+class ShardSet(StreamedSplit):
     """A split read from tar shards: what the trainer and evaluate need of a dataset, like StreamSet."""
 
     paths: list[str]
@@ -201,20 +201,12 @@ class ShardSet:
     def __len__(self) -> int:
         return sum(self.counts)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    in_chans = stream.StreamSet.in_chans
-    size = stream.StreamSet.size
-    preprocessing = stream.StreamSet.preprocessing
-
     def subset(self, n: int) -> ShardSet:
         """The shards that hold the first n samples (a shard set is read whole)."""
         k, total = 0, 0
         while k < len(self.counts) and total < n:
             total, k = total + self.counts[k], k + 1
-        return ShardSet(self.paths[:k], self.counts[:k], **{f: getattr(self, f) for f in _SAME})
+        return replace(self, paths=self.paths[:k], counts=self.counts[:k])
 
     def train_batches(self, seed: int, epoch: int, start: int, global_batch: int, rank: int, world: int,
                       accum: int) -> Iterator[dict]:
@@ -234,9 +226,6 @@ class ShardSet:
         reader = _Reader(self, 0, 0, 0, batch_size, 0, part, parts, train=False)
         for item in _load(reader, min(self.workers, max(1, len(self.paths[part::parts])))):
             yield item["x"], item["y"]
-
-
-_SAME = ("class_names", "train_transform", "eval_transform", "mean", "std", "strict", "workers", "info")
 
 
 def _load(reader: _Reader, workers: int) -> Iterator[dict]:
