@@ -1,13 +1,19 @@
 """Tar shards in the WebDataset layout: `pack` writes them, `load_shards` trains and evaluates from them.
 
-A shard is a plain .tar of samples KEY.jpg (the image file's own bytes; .png etc. keep their suffix)
-and KEY.cls (the label as a decimal number), in a shuffled order (seed 0) so that a shard mixes the
-classes. `pack` also writes OUT/index.json (class names and each shard's sample count), so a reader
-knows the epoch length and the classes without scanning; shards without it are scanned once.
+A shard is a plain .tar whose members are grouped into samples by WebDataset's rule: a member's key is its
+path up to the first dot of its last component, folders kept (`a/b.c/k.seg.png` -> key `a/b.c/k`, field
+`seg.png`; GNU tar's leading `./` is dropped), and consecutive members with one key are one sample. A
+sample is an image (field jpg, png, ... as the image's own bytes) and a label as a decimal number (field
+cls, else cls.txt, label or label.txt); other fields are ignored. So shards written by GNU tar, Python's
+tarfile or webdataset's TarWriter read alike. `pack` writes KEY.jpg + KEY.cls in a shuffled order
+(seed 0), so that a shard mixes the classes, and OUT/index.json (class names and each shard's sample
+count), so a reader knows the epoch length and the classes without scanning; shards without it are
+scanned once. Shards may be local paths or URLs (http(s)://, file://, s3://, ...: anything fsspec opens,
+with the `remote` extra; s3:// also needs s3fs), brace patterns included; an index.json beside them is read.
 
-Reading is sequential, one shard at a time, with a small reader of our own (tarfile; no new dependency:
-the `webdataset` package would add a dependency for what is ~60 lines here, and its resume and
-rank/worker splitting would still need the code below). Each epoch the shard list is shuffled from
+Reading is sequential, one shard at a time, with a small reader of our own (tarfile in stream mode, so a
+URL is read once front to back, never seeked). The `webdataset` package is not needed: its resume and
+rank/worker splitting would still need the code below. Each epoch the shard list is shuffled from
 (seed, epoch); of the P = processes x workers readers, reader s takes shards s, s+P, ... (with fewer
 shards than readers, every reader reads all of them and keeps every P-th sample), shuffles samples in a
 buffer of SHUFFLE samples seeded by (seed, epoch, reader), and starts over on its shards if it runs out
@@ -23,9 +29,10 @@ import json
 import logging
 import random
 import re
+import sys
 import tarfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -34,13 +41,17 @@ from resnetkit._helpers import atomic_write, atomic_write_json, check_output
 from resnetkit.data import datasets, stream
 from resnetkit.data.folder import IMAGE_SUFFIXES
 from resnetkit.data.loader import derived_generator
-from resnetkit.data.stream import EvalTransform, TrainTransform, image_seed
-from resnetkit.errors import ConfigError, DataError, MissingFileError
+from resnetkit.data.stream import EvalTransform, StreamedSplit, TrainTransform, image_seed
+from resnetkit.errors import ConfigError, DataError, DependencyError, MissingFileError
 
 log = logging.getLogger(__name__)
 
 INDEX = "index.json"
 SHUFFLE = 512  # samples in each reader's shuffle buffer
+LABEL_FIELDS = ("cls", "cls.txt", "label", "label.txt")  # the first one a sample has is its label
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# WebDataset's base_plus_ext (webdataset/tariterators.py): the key ends at the first dot of the last component.
+MEMBER = re.compile(r"((?:.*/)?[^./]+)\.([^/]*)")
 UNITS = {"": 1, "B": 1, "K": 1 << 10, "KB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "G": 1 << 30, "GB": 1 << 30}
 
 
@@ -124,28 +135,104 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 # -- reading -------------------------------------------------------------------------------------------
 
 
+def sample_key(name: str) -> tuple[str, str] | None:
+    """(key, field) of a tar member by WebDataset's rule, or None for a member that is not part of a sample
+    (no dot in its last component, a dot file): 'a/b.c/k.seg.png' -> ('a/b.c/k', 'seg.png'), './k.jpg' ->
+    ('k', 'jpg'). Fields are lower-cased, as WebDataset does."""
+    while name.startswith("./"):
+        name = name[2:]
+    m = MEMBER.fullmatch(name)
+    return (m.group(1), m.group(2).lower()) if m else None
+
+
 def samples(path: str) -> Iterator[tuple[str, bytes | None, bytes | None, str]]:
-    """(key, image bytes or None, label bytes or None, image suffix) of a shard, in file order."""
-    key, image, label, suffix = None, None, None, ""
+    """(key, image bytes or None, label bytes or None, image suffix) of a shard (a path or URL), in file order."""
+    key, fields = None, {}
     try:
-        with tarfile.open(path, "r|*") as tar:  # a stream: one pass, no seeking (object storage, pipes)
+        with _open(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:  # a stream: one pass, no seeking
             for m in tar:
-                if not m.isfile():
+                kf = sample_key(m.name) if m.isfile() else None
+                if kf is None:
                     continue
-                k, _, ext = m.name.partition(".")
-                if k != key:
+                if kf[0] != key:
                     if key is not None:
-                        yield key, image, label, suffix
-                    key, image, label, suffix = k, None, None, ""
-                data = tar.extractfile(m).read()
-                if ext == "cls":
-                    label = data
-                elif "." + ext.lower() in IMAGE_SUFFIXES:
-                    image, suffix = data, "." + ext.lower()
-    except (tarfile.TarError, OSError, EOFError) as e:
+                        yield _sample(key, fields)
+                    key, fields = kf[0], {}
+                if kf[1] in LABEL_FIELDS or "." + kf[1] in IMAGE_SUFFIXES:
+                    fields[kf[1]] = tar.extractfile(m).read()
+    except _read_errors() as e:
         raise DataError(f"{path}: unreadable shard ({e})") from None
     if key is not None:
-        yield key, image, label, suffix
+        yield _sample(key, fields)
+
+
+def _sample(key: str, fields: dict[str, bytes]) -> tuple[str, bytes | None, bytes | None, str]:
+    label = next((fields[f] for f in LABEL_FIELDS if f in fields), None)
+    image = next((f for f in fields if "." + f in IMAGE_SUFFIXES), None)
+    return key, fields.get(image), label, "." + image if image else ""
+
+
+# -- local paths and URLs ------------------------------------------------------------------------------
+
+
+def is_url(path: str) -> bool:
+    return URL.match(path) is not None
+
+
+def _filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a URL; a missing package is one line naming the extra."""
+    fix = "pip install 'resnetkit[remote]'" + ("" if url.startswith(("http", "file")) else
+                                               "; s3:// also needs s3fs, gs:// gcsfs")
+    try:
+        import fsspec  # noqa: PLC0415  (only for URLs)
+    except ImportError:
+        raise DependencyError(f"{url}: reading shards from a URL needs fsspec ({fix})") from None
+    try:
+        options = {}
+        if url.startswith(("http://", "https://")):
+            import aiohttp  # noqa: PLC0415  (fsspec's http client)
+
+            # aiohttp's default gives up on a request after 5 minutes in all: too short to stream a 1 GB shard
+            # over a slow link. Limit the wait for each read instead.
+            options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=120)}
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as e:
+        raise DependencyError(f"{url}: {str(e).splitlines()[0]} ({fix})") from None
+    except ValueError as e:  # an unknown protocol
+        raise ConfigError(f"{url}: {e}") from None
+
+
+def _open(path: str):
+    if not is_url(path):
+        return open(path, "rb")  # noqa: SIM115  (closed by the caller's with)
+    fs, inner = _filesystem(path)
+    # http(s): a streamed GET (block_size 0), which needs no Range support and matches the one pass we make.
+    return fs.open(inner, "rb", **({"block_size": 0} if "http" in fs.protocol else {}))
+
+
+def _exists(path: str) -> bool:
+    if not is_url(path):
+        return Path(path).is_file()
+    fs, inner = _filesystem(path)
+    try:
+        return fs.exists(inner)
+    except _read_errors():
+        return False
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a shard can raise: tar and OS errors, and aiohttp's own (not OSErrors) once it is in use."""
+    aiohttp = sys.modules.get("aiohttp")
+    return (tarfile.TarError, OSError, EOFError) + ((aiohttp.ClientError,) if aiohttp else ())
+
+
+def _beside(path: str, name: str) -> str:
+    """The file `name` in the folder of `path` (a path or URL)."""
+    return path.rsplit("/", 1)[0] + "/" + name if is_url(path) else str(Path(path).parent / name)
+
+
+def _name(path: str) -> str:
+    return path.rsplit("/", 1)[-1] if is_url(path) else Path(path).name
 
 
 def _scan(paths: list[str]) -> tuple[list[int], int]:
@@ -161,30 +248,46 @@ def _scan(paths: list[str]) -> tuple[list[int], int]:
     return counts, top
 
 
-def _shard_list(pattern: str, what: str) -> tuple[list[str], list[int], list[str]]:
-    """(paths, sample counts, class names) for a shard pattern."""
+def _index(first: str) -> tuple[list[str], dict[str, int], dict] | None:
+    """(class names, sample count by shard name, splits) of the index.json beside the shard `first`, or None."""
+    path = _beside(first, INDEX)
+    if not _exists(path):
+        return None
+    try:
+        with _open(path) as f:
+            text = f.read()
+    except _read_errors() as e:
+        raise DataError(f"{path}: unreadable ({e})") from None
+    try:
+        index = json.loads(text)
+        counts = {str(n): int(c) for split in index["splits"].values() for n, c in split}
+        return list(index["classes"]), counts, index["splits"]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"{path}: not a shard index ({e})") from None
+
+
+def _shard_list(pattern: str, what: str) -> tuple[list[str], list[int], list[str], dict]:
+    """(paths, sample counts, class names, the index's splits or {}) for a shard pattern."""
     paths = expand(pattern)
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
+    # A URL is checked at both ends of its range only (a request each); a shard missing in between is named
+    # when it is read.
+    if is_url(pattern):
+        missing = [p for p in paths[::max(1, len(paths) - 1)] if not _exists(p)]
+        if missing:
+            raise MissingFileError(f"{what} {pattern}: {missing[0]} does not exist (of {len(paths)} shards, the first "
+                                   "and the last are checked)")
+    elif missing := [p for p in paths if not Path(p).is_file()]:
         raise MissingFileError(f"{what} {pattern}: {len(missing)} of {len(paths)} shards do not exist, e.g. "
                                f"{missing[0]}")
-    index_path = Path(paths[0]).parent / INDEX
-    known, names = {}, None
-    if index_path.is_file():
-        try:
-            index = json.loads(index_path.read_text())
-            names = list(index["classes"])
-            known = {n: c for split in index["splits"].values() for n, c in split}
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{index_path}: not a shard index ({e})") from None
-    if all(Path(p).name in known for p in paths) and names:
-        return paths, [known[Path(p).name] for p in paths], names
+    names, known, splits = _index(paths[0]) or (None, {}, {})
+    if names and all(_name(p) in known for p in paths):
+        return paths, [known[_name(p)] for p in paths], names, splits
     counts, top = _scan(paths)
-    return paths, counts, names or [str(i) for i in range(top)]
+    return paths, counts, names or [str(i) for i in range(top)], splits
 
 
 @dataclass
-class ShardSet:
+class ShardSet(StreamedSplit):
     """A split read from tar shards: what the trainer and evaluate need of a dataset, like StreamSet."""
 
     paths: list[str]
@@ -201,20 +304,12 @@ class ShardSet:
     def __len__(self) -> int:
         return sum(self.counts)
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    in_chans = stream.StreamSet.in_chans
-    size = stream.StreamSet.size
-    preprocessing = stream.StreamSet.preprocessing
-
     def subset(self, n: int) -> ShardSet:
         """The shards that hold the first n samples (a shard set is read whole)."""
         k, total = 0, 0
         while k < len(self.counts) and total < n:
             total, k = total + self.counts[k], k + 1
-        return ShardSet(self.paths[:k], self.counts[:k], **{f: getattr(self, f) for f in _SAME})
+        return replace(self, paths=self.paths[:k], counts=self.counts[:k])
 
     def train_batches(self, seed: int, epoch: int, start: int, global_batch: int, rank: int, world: int,
                       accum: int) -> Iterator[dict]:
@@ -234,9 +329,6 @@ class ShardSet:
         reader = _Reader(self, 0, 0, 0, batch_size, 0, part, parts, train=False)
         for item in _load(reader, min(self.workers, max(1, len(self.paths[part::parts])))):
             yield item["x"], item["y"]
-
-
-_SAME = ("class_names", "train_transform", "eval_transform", "mean", "std", "strict", "workers", "info")
 
 
 def _load(reader: _Reader, workers: int) -> Iterator[dict]:
@@ -327,7 +419,7 @@ class _Reader(torch.utils.data.IterableDataset):
         try:
             if label is None or image is None:
                 raise DataError(f"sample {key}{' in ' + where if where else ''} has no "
-                                f"{'.cls label' if label is None else 'image'}")
+                                f"{'.cls label (nor .cls.txt, .label, .label.txt)' if label is None else 'image'}")
             y = int(label)
             if not 0 <= y < self.data.num_classes:
                 raise DataError(f"sample {key}: label {y} outside the {self.data.num_classes} classes")
@@ -364,16 +456,16 @@ def _failed(text: str, bad: list[str]) -> dict:
 
 def load_shards(pattern: str, val_pattern: str | None, train_t: TrainTransform, eval_t: EvalTransform, *,
                 strict: bool = False, workers: int = 4) -> tuple[ShardSet, ShardSet]:
-    """(train, val) ShardSets: `val_pattern`, else the val split of the index beside the train shards."""
-    paths, counts, names = _shard_list(pattern, "shards")
+    """(train, val) ShardSets of shard patterns (paths or URLs): `val_pattern`, else the val split of the index
+    beside the train shards."""
+    paths, counts, names, splits = _shard_list(pattern, "shards")
     if val_pattern is None:
-        index_path = Path(paths[0]).parent / INDEX
-        val = json.loads(index_path.read_text()).get("splits", {}).get("val") if index_path.is_file() else None
+        val = splits.get("val")
         if not val:
             raise ConfigError(f"shards {pattern}: no validation shards; pass val_path (a shard pattern), or pack a "
                               "folder with a val/ split")
-        val_pattern = str(index_path.parent / ("{" + ",".join(n for n, _ in val) + "}"))
-    vpaths, vcounts, _ = _shard_list(val_pattern, "val_path")
+        val_pattern = _beside(paths[0], "{" + ",".join(n for n, _ in val) + "}")
+    vpaths, vcounts, _, _ = _shard_list(val_pattern, "val_path")
     log.info("data: %d shards (%d samples) for training, %d (%d) for evaluation, streamed", len(paths), sum(counts),
              len(vpaths), sum(vcounts))
     kw = dict(strict=strict, workers=workers)

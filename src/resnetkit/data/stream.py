@@ -218,8 +218,33 @@ def _chw(im: Image.Image) -> torch.Tensor:
 # -- the split and its batches -----------------------------------------------------------------------
 
 
+class StreamedSplit:
+    """What every streamed split (StreamSet here, shards.ShardSet) derives from its transforms: the class count,
+    channels, image size and the preprocessing a weights file records. A subclass supplies `class_names`,
+    `eval_transform`, `mean` and `std`, and the batch methods the trainer and evaluate call (train_batches,
+    first_batch, eval_batches, subset)."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_chans(self) -> int:
+        return self.eval_transform.channels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.eval_transform.crop, self.eval_transform.crop
+
+    def preprocessing(self) -> Preprocessing:
+        e = self.eval_transform
+        return Preprocessing(size=self.size, mean=tuple(self.mean), std=tuple(self.std),
+                             channel_order="L" if e.channels == 1 else "RGB", resize=e.resize,
+                             crop=e.crop if e.resize is not None else None)
+
+
 @dataclass
-class StreamSet:
+class StreamSet(StreamedSplit):
     """A split read from files on demand: what the trainer and evaluate need of a dataset, like ImageSet."""
 
     data: FileList
@@ -242,26 +267,8 @@ class StreamSet:
     def labels(self) -> np.ndarray:
         return self.data.labels
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def in_chans(self) -> int:
-        return self.eval_transform.channels
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.eval_transform.crop, self.eval_transform.crop
-
     def subset(self, n: int) -> StreamSet:
         return replace(self, data=self.data.subset(n))
-
-    def preprocessing(self) -> Preprocessing:
-        e = self.eval_transform
-        return Preprocessing(size=self.size, mean=tuple(self.mean), std=tuple(self.std),
-                             channel_order="L" if e.channels == 1 else "RGB", resize=e.resize,
-                             crop=e.crop if e.resize is not None else None)
 
     def loader(self, keys: list, train: bool) -> Iterator[dict]:
         """Batches for `keys`, each (image indices, (seed, epoch, batch) or None for evaluation), decoded by
