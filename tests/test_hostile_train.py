@@ -182,7 +182,8 @@ ARG_CASES = {
     "seg-head-unknown": (_seg("--head", "fpn"), "--head"),
     "seg-batch-zero": (_seg("--batch-size", "0"), "--batch-size 0"),
     "seg-lr-nan": (_seg("--lr", "nan"), "--lr nan"),
-    "seg-classification-flag": (_seg("--data-dir", "x"), "--data-dir x: data.data_dir is a setting of task classification"),
+    "seg-classification-flag": (_seg("--data-dir", "x"),
+                                "--data-dir x: data.data_dir is a setting of task classification"),
     "seg-no-data": (lambda w, c: ["train", "--task", "segmentation", "--epochs", "1", "--out", "out"],
                     "data.path is required"),
     "seg-data-missing": (_seg(data="nowhere"), "no such directory"),
@@ -415,7 +416,7 @@ FROZEN_CASES = {
     "set-schedule": (_resume("--set", "schedule.name=step"), "schedule.name cannot change"),
     "config-file": (lambda w, c: (Path("c.json").write_text('{"optim": {"lr": 0.5}}'),
                                   _resume("--config", "c.json")(w, c))[1], "--config c.json: optim.lr cannot change"),
-    "task": (_resume("--task", "segmentation"), "--task segmentation cannot change on --resume"),
+    "task": (_resume("--task", "segmentation"), "--task segmentation: cannot change on resume"),
     "segmentation-flag": (_resume("--head", "aspp"), "--head aspp: model.head is a setting of task segmentation"),
     "resumable-but-invalid": (_resume("--threads", "-2"), "--threads -2: run.threads"),
 }

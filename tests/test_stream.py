@@ -347,7 +347,8 @@ def test_shards_with_a_missing_cls(tmp_path, caplog):
 def test_auto_choice_is_logged_and_val_path_works_in_memory_too(split_folder, caplog):
     opts = StreamOptions(val_path=str(split_folder / "val"))
     with caplog.at_level(logging.INFO):
-        train, val = load_classification(f"folder:{split_folder / 'train'}", options=dataclasses.replace(opts, image_size=12))
+        train, val = load_classification(f"folder:{split_folder / 'train'}",
+                                         options=dataclasses.replace(opts, image_size=12))
     assert isinstance(train, resnetkit.data.ImageSet) and len(train) == 48 and len(val) == 8
     assert "held in memory at 12 px (data.stream=auto" in caplog.text
     augmented = dataclasses.replace(opts, auto_augment="trivialaugment", random_erase=0.5, train_crop=16)

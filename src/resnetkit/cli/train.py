@@ -159,7 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
         result = train(prepare(request))
     except (ConfigError, MissingFileError) as e:
-        raise _named(e, flags) from None
+        named = {"task": (args.task, f"--task {args.task}"), "recipe": (args.recipe, f"--recipe {args.recipe}"),
+                 **flags}
+        raise _named(e, named) from None
     if result.get("interrupted") and os.environ.get("RANK", "0") == "0":
         print(f"resnetkit: stopped; continue with `resnetkit train --out {result['run_dir']} --resume`",
               file=sys.stderr)

@@ -156,8 +156,9 @@ class ClassificationTask(Task):
         self.auto_pad: int | None = None  # data.pad unset: what on_plan chose
         self.mean, self.std = torch.tensor(t.mean, device=device), torch.tensor(t.std, device=device)
 
-    def check_micro_batch(self, n: int) -> None:
-        if self.mix.enabled and n % 2:
+    @classmethod
+    def check_micro_batch(cls, cfg: TrainConfig, n: int) -> None:
+        if (cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0) and n % 2:
             raise config_error(f"data.mixup_alpha / data.cutmix_alpha mix images in pairs; each process's "
                                f"micro-batch of {n} images must be even", ("data.batch_size", "data.mixup_alpha",
                                                                            "data.cutmix_alpha"))

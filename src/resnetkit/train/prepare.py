@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from resnetkit.errors import ConfigError, MissingFileError, UserError
+from resnetkit.errors import ConfigError, MissingFileError
 from resnetkit.train import checkpoint, distributed, precision, rundir
 from resnetkit.train.classification import ClassificationTask
 from resnetkit.train.config import (
@@ -133,9 +133,11 @@ def _resume_config(request: RunRequest) -> tuple[TrainConfig, dict[str, Origin],
     saved = checkpoint.saved_config(state, path)
     saved = dataclasses.replace(saved, run=dataclasses.replace(saved.run, out=str(out)))  # where it is now
     if request.task and request.task != saved.task:
-        raise UserError(f"task={request.task} cannot change on resume: the run in {out} is a {saved.task} run")
+        raise config_error(f"cannot change on resume: the run in {out} is a {saved.task} run", ("task",),
+                           (Origin("flag", "task"),))
     if request.recipe:
-        raise UserError(f"recipe cannot be used with resume: the run in {out} goes on with its saved config")
+        raise config_error(f"cannot be used with resume: the run in {out} goes on with its saved "
+                           "config", ("recipe",), (Origin("flag", "recipe"),))
     layers = [(load_config_file(request.config), Origin("file", str(request.config)))] if request.config else []
     layers += [({"run": {"out": str(out)}}, Origin("flag", "run.out"))]
     cfg, origins = resolve_layers(saved, layers + _flag_layers(request, saved.task), request.overrides,
@@ -152,7 +154,7 @@ def prepare(request: RunRequest | TrainConfig, *, resume: bool = False) -> Prepa
         cfg, origins, state = resolve_request(request)
     try:
         return _build(cfg, state, origins)
-    except (ConfigError, MissingFileError) as e:  # a value only the data or the model can refuse: say where it came from
+    except (ConfigError, MissingFileError) as e:  # a value only the data or the model can refuse: where from
         if getattr(e, "keys", ()) and not getattr(e, "origins", ()):
             raise locate(e, origins) from None
         raise
@@ -199,10 +201,10 @@ def _build(cfg: TrainConfig, state: dict | None, origins: dict) -> PreparedRun:
     if d.main:
         kind.log_choices(choices, data)
     micro = _micro_batch(cfg, d, len(data.train))
+    kind.check_micro_batch(cfg, micro)
     cfg, why = precision.resolve_precision(cfg, d, lambda amp: _measure_layout(kind, cfg, data, d, micro, amp))
     choices = {**{k: {"value": v, "why": w} for k, (v, w) in choices.items()}, **why}
     task = kind(cfg, data, d.device)
-    task.check_micro_batch(micro)
     torch.manual_seed(cfg.run.seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     model = task.build_model()
     if state is None:

@@ -110,8 +110,9 @@ class SegmentationTask(Task):
         self.mean: tuple[float, ...] | None = None  # set by init_weights or load_state_dict
         self.std: tuple[float, ...] | None = None
 
-    def check_micro_batch(self, n: int) -> None:
-        m = self.cfg.model
+    @classmethod
+    def check_micro_batch(cls, cfg: TrainConfig, n: int) -> None:
+        m = cfg.model
         if m.head in ("aspp", "deeplabv3plus") and n < 2 and not m.freeze_bn:
             raise ConfigError(f"model.head={m.head!r}: its image-pooling BatchNorm needs 2 or more images per process "
                               f"and micro-batch, got {n} (data.batch_size / processes / optim.grad_accum); raise "

@@ -10,7 +10,7 @@ Contract, in the order resnetkit.train.prepare and the Trainer use it:
                                the data decides filled in, {key: (value, why)} of those choices)
   Task.log_choices(choices, data)   classmethod: say them in the log (rank 0)
   Task(cfg, data, device)      the task for the final config: `train_set` (len() images) and `eval_set`
-  check_micro_batch(n)         refuse a per-process micro-batch of n images the model cannot train on
+  Task.check_micro_batch(cfg, n)   refuse a per-process micro-batch of n images the model cannot train on
   build_model()                a new model on the CPU (the Trainer seeds the RNG first)
   init_weights(model)          fresh runs only: e.g. copy a backbone in; resumed runs get load_state_dict
   state_dict() / load_state_dict(state)   what the task must keep in the checkpoint (plain types)
@@ -90,7 +90,8 @@ class Task:
     def log_choices(cls, choices: dict[str, tuple], data: TaskData) -> None:
         """Log the automatic choices Task.load made (rank 0)."""
 
-    def check_micro_batch(self, n: int) -> None:
+    @classmethod
+    def check_micro_batch(cls, cfg: TrainConfig, n: int) -> None:
         """Raise ConfigError if the model cannot train on micro-batches of n images per process."""
 
     def build_model(self) -> torch.nn.Module:

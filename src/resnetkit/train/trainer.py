@@ -359,7 +359,7 @@ def train(cfg: PreparedRun | TrainConfig, resume: bool = False, hooks=()) -> dic
         try:
             trainer = Trainer(run, hooks=hooks)
             result = trainer.fit()
-        except (ConfigError, MissingFileError) as e:  # a value the checkpoint or the schedule refuses: where it came from
+        except (ConfigError, MissingFileError) as e:  # a value the checkpoint or the schedule refuses
             if getattr(e, "keys", ()) and not getattr(e, "origins", ()):
                 raise locate(e, run.origins) from None
             raise
