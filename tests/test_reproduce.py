@@ -154,7 +154,7 @@ def test_plan_epochs_arithmetic(monkeypatch):
 
     monkeypatch.setattr(degradation, "_step_seconds", lambda *a, **k: 0.01)
     train, test = load_dataset("digits")
-    recipe = degradation.Recipe(data="digits", subset=640, batch_size=64, test_subset=192, train_probe=96)
+    recipe = degradation.Recipe(data="digits", subset=640, batch_size=64, eval_subset=192, train_probe=96)
     # Per epoch and net: 10 steps + (192 + 96) / 64 / 3 = 1.5 step-equivalents of evaluation -> 0.115 s;
     # 5 s per run are reserved for loading and saving.
     epochs, _ = degradation.plan_epochs(recipe, ["plain20", "resnet20"], 0.23 * 7.5 + 10, train, test)

@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     length.add_argument("--budget-min", type=float, metavar="M",
                         help="measure each net's speed, then pick the epochs (same for all) so the runs fit M minutes")
     d.add_argument("--subset", type=int, default=0, metavar="N", help="train on the first N training images")
-    d.add_argument("--test-subset", type=int, default=2000, metavar="N",
-                   help="evaluate on the first N test images each epoch (0 = all; default 2000)")
+    d.add_argument("--eval-subset", "--test-subset", dest="eval_subset", type=int, default=2000, metavar="N",
+                   help="evaluate on the first N test images each epoch (0 = all; default 2000; data.eval_subset; "
+                        "--test-subset is its old spelling)")
     d.add_argument("--train-probe", type=int, default=1000, metavar="N",
                    help="eval-mode error on the first N training images each epoch (0 = off; default 1000)")
     d.add_argument("--batch-size", type=int, default=128)
@@ -65,9 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"one of {', '.join(RECIPES)}")
     c.add_argument("--data", default="cifar10", choices=["cifar10", "cifar100"])
     c.add_argument("--data-dir", help="folder holding cifar-10-batches-py (default: cache, then download)")
-    c.add_argument("--val-split", type=int, nargs="?", const=5000, default=0, metavar="N",
-                   help="hold out the last N training images (default 5000: the papers' 45k/5k split) and "
-                        "evaluate on them instead of the test set")
+    c.add_argument("--holdout", "--val-split", dest="holdout", type=int, nargs="?", const=5000, default=0,
+                   metavar="N", help="hold out the last N training images (default 5000: the papers' 45k/5k split) "
+                                     "and evaluate on them instead of the test set (data.holdout; --val-split is its "
+                                     "old spelling)")
     c.add_argument("--batch-size", type=int, default=128, choices=[64, 128],
                    help="128 as in the papers; 64 for preact_resnet1001 as in the authors' released code")
     c.add_argument("--max-steps", type=int, default=0, metavar="N",
@@ -112,7 +114,7 @@ def cmd_degradation(args: argparse.Namespace) -> int:
     if args.epochs is None and args.budget_min is None:
         raise UserError("say how long to train: --epochs N or --budget-min M")
     depths = parse_depths(args.depths)
-    for name in ("subset", "test_subset", "train_probe", "warmup_steps", "threads", "seed"):
+    for name in ("subset", "eval_subset", "train_probe", "warmup_steps", "threads", "seed"):
         _need(getattr(args, name) >= 0, f"--{name.replace('_', '-')}", getattr(args, name), "must be >= 0")
     if args.epochs is not None:
         _need(0 < args.epochs <= 10**6, "--epochs", args.epochs, "must be a positive number of epochs")
@@ -127,7 +129,7 @@ def cmd_degradation(args: argparse.Namespace) -> int:
     check_report_dir(out)
     recipe = Recipe(data=args.data, data_dir=args.data_dir, subset=args.subset, epochs=args.epochs or 0,
                     batch_size=args.batch_size, lr=args.lr, seed=seeds[0], threads=args.threads,
-                    warmup_steps=args.warmup_steps, test_subset=args.test_subset, train_probe=args.train_probe,
+                    warmup_steps=args.warmup_steps, eval_subset=args.eval_subset, train_probe=args.train_probe,
                     augment=args.augment)
     result = run_degradation(recipe, depths, out / "runs", budget_min=args.budget_min or 0.0, command=command_line(),
                              seeds=seeds)
@@ -177,11 +179,11 @@ def _degradation_table(result: dict) -> str:
 
 
 def cmd_cifar(args: argparse.Namespace) -> int:
-    for name in ("max_steps", "val_split", "eval_subset", "seed", "threads"):
+    for name in ("max_steps", "holdout", "eval_subset", "seed", "threads"):
         _need(getattr(args, name) >= 0, f"--{name.replace('_', '-')}", getattr(args, name), "must be >= 0")
     out = args.out or f"runs/cifar/{args.model}"
     cfg = cifar_config(args.model, data=args.data, data_dir=args.data_dir, batch_size=args.batch_size, out=out,
-                       seed=args.seed, threads=args.threads, holdout=args.val_split, eval_subset=args.eval_subset,
+                       seed=args.seed, threads=args.threads, holdout=args.holdout, eval_subset=args.eval_subset,
                        max_steps=args.max_steps)
     rec, err = RECIPES[args.model], paper_error(args.model, args.batch_size)
     source = rec.paper if err == rec.test_err_pct else (f"batch 64, the authors' released code; the paper's "
@@ -191,7 +193,7 @@ def cmd_cifar(args: argparse.Namespace) -> int:
         paper_line += f"; the papers' figures are for CIFAR-10, not {args.data}"
     if args.dry_run:
         print(json.dumps(cfg.to_dict(), indent=2))
-        print(f"val split: {args.val_split or 'off'}; stop after: {args.max_steps or ITERATIONS} steps")
+        print(f"holdout: {args.holdout or 'off'}; stop after: {args.max_steps or ITERATIONS} steps")
         print(paper_line)
         return 0
     machine, t0 = machine_info(args.threads), time.perf_counter()
@@ -199,7 +201,7 @@ def cmd_cifar(args: argparse.Namespace) -> int:
     if result.get("interrupted"):
         return result["exit_code"]
     history = runner.read_history(out)  # every epoch, those before a --resume included
-    eval_on = f"last {args.val_split} training images" if args.val_split else "test set"
+    eval_on = f"last {args.holdout} training images" if args.holdout else "test set"
     if args.eval_subset:
         eval_on = f"first {args.eval_subset} of the {eval_on}"
     report = {"arch": args.model, "data": args.data, "paper": rec.paper, "paper_err_pct": err,

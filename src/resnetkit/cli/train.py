@@ -7,8 +7,11 @@ import json
 import os
 import sys
 
+from resnetkit.data.sources import STREAM_MODES
 from resnetkit.errors import ConfigError, MissingFileError, UserError
+from resnetkit.models import TASKS
 from resnetkit.train import RESUMABLE, RunRequest, prepare, train
+from resnetkit.train.config import AMP_MODES, OPTIMIZERS, OUTPUT_STRIDES, SEG_HEADS, SEG_LOSSES
 from resnetkit.train.prepare import dry_run
 from resnetkit.train.recipes import list_recipes
 
@@ -42,7 +45,7 @@ any other flag, --set or --config value that differs from the saved one is refus
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classification or segmentation model (torchrun for several processes)",
                        epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", choices=["classification", "segmentation"],
+    p.add_argument("--task", choices=TASKS,
                    help="default classification (or the --config file's task); segmentation: --data is a "
                         "VOC-layout folder (see `resnetkit data make-shapes`)")
     p.add_argument("--model", help="registered model name, e.g. resnet20 (segmentation: the backbone; default "
@@ -53,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "VOC-layout or pairs-layout folder")
     p.add_argument("--val", metavar="PATH", help="classification: a separate validation folder or shard pattern "
                                                  "(data.val_path)")
-    p.add_argument("--stream", choices=["auto", "on", "off"],
+    p.add_argument("--stream", choices=STREAM_MODES,
                    help="classification: read images lazily in DataLoader workers (on), hold them in memory (off), "
                         "or choose by the data's size (default auto; the log says which; data.stream)")
     p.add_argument("--workers", type=int, metavar="N", help="DataLoader workers for streamed data (default 4; "
@@ -72,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="global batch size (default 128, segmentation auto)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 0.1, segmentation auto)")
     p.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only")
-    p.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"],
+    p.add_argument("--amp", choices=AMP_MODES,
                    help="autocast precision (default auto: bf16 where the device computes it natively, else none; "
                         "fp16: CUDA, with a gradient scaler); the run log and config.json say what auto chose")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -83,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-stages", type=int, metavar="N",
                    help="freeze the stem and stages 1..N, BatchNorm statistics too (0 none; all stages: linear probe)")
     p.add_argument("--head-lr-mult", type=float, metavar="X", help="the classifier's learning rate is X times the rest")
-    p.add_argument("--optimizer", choices=["sgd", "adamw"], help="default sgd (optim.name)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd (optim.name)")
     p.add_argument("--recipe", metavar="NAME", help="start from a shipped recipe (`resnetkit recipes` lists them); "
                                                     "--config, flags and --set override it, in that order")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
@@ -113,10 +116,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("segmentation (--task segmentation)")
     # Every default below is "auto": chosen from the data and the backbone at the start of the run, printed
     # there with its reason, and written into RUN_DIR/config.json (resnetkit.train.seg_defaults).
-    g.add_argument("--head", choices=["slim", "aspp", "deeplabv3plus"],
+    g.add_argument("--head", choices=SEG_HEADS,
                    help="slim: 1x1 logits; aspp: DeepLabv3; deeplabv3plus: ASPP + decoder (default auto: slim on a "
                         "CIFAR-style backbone, aspp on an ImageNet one)")
-    g.add_argument("--output-stride", type=int, choices=[4, 8, 16, 32],
+    g.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES,
                    help="backbone output stride (default auto: the coarsest leaving >= 16 feature cells)")
     g.add_argument("--backbone-weights", metavar="FILE_OR_TAG",
                    help="classification weights file or pretrained tag for the backbone (its logits are dropped)")
@@ -126,7 +129,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-scale", type=float, help="random scale range (default auto: 0.75 .. 1.25 for crops holding "
                                                    "the whole image, else 0.5 .. 2.0)")
     g.add_argument("--max-scale", type=float)
-    g.add_argument("--loss", choices=["ce", "weighted", "ohem"],
+    g.add_argument("--loss", choices=SEG_LOSSES,
                    help="cross-entropy: plain, class-weighted (inverse sqrt pixel share) or OHEM (default auto)")
 
 

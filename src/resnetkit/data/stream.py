@@ -46,7 +46,6 @@ from resnetkit.weights.presets import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
 
-AUTO_AUGMENT = ("none", "trivialaugment", "randaugment")
 RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 MAX_TRIES = 64  # consecutive unreadable images before a split is declared unreadable
 

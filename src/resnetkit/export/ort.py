@@ -24,7 +24,6 @@ def require_onnxruntime():
     return onnxruntime
 
 
-ORT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def ort_session(path: str | os.PathLike, threads: int | None = None, optimized_path: str | None = None,

@@ -57,7 +57,7 @@ class Recipe:
     # The paper divides the lr by 10 at 32k and 48k of 64k iterations: at 50% and 75% of the run.
     schedule: str = "step"
     warmup_steps: int = 0
-    test_subset: int = 2000  # evaluate on the first N test images each epoch (0 = all)
+    eval_subset: int = 2000  # evaluate on the first N test images each epoch (0 = all)
     train_probe: int = 1000  # eval-mode pass over the first N training images each epoch (0 = off)
     # The dataset's pad-and-crop and flip. Off, training error measures how well each net fits the images
     # themselves, free of the noise that random crops and flips add to the running error.
@@ -73,7 +73,7 @@ class Recipe:
         elif self.pad is not None:
             sets.append(f"data.pad={self.pad}")
         flags = {"model.arch": arch, "data.name": self.data, "data.data_dir": self.data_dir,
-                 "data.subset": self.subset, "data.eval_subset": self.test_subset,
+                 "data.subset": self.subset, "data.eval_subset": self.eval_subset,
                  "data.batch_size": self.batch_size, "optim.lr": self.lr,
                  "schedule.epochs": float(self.epochs), "run.seed": self.seed, "run.threads": self.threads,
                  "run.out": str(out / arch)}
@@ -118,7 +118,7 @@ def plan_epochs(recipe: Recipe, archs: list[str], budget_s: float, train, test, 
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     n_train = min(len(train), recipe.subset) if recipe.subset else len(train)
-    n_eval = (min(recipe.test_subset, len(test)) if recipe.test_subset else len(test)) + min(recipe.train_probe,
+    n_eval = (min(recipe.eval_subset, len(test)) if recipe.eval_subset else len(test)) + min(recipe.train_probe,
                                                                                                n_train)
     b = recipe.batch_size
     step_s = {a: _step_seconds(a, train.in_chans, train.num_classes, train.size, b) for a in archs}

@@ -125,7 +125,7 @@ def degradation_markdown(result: dict, png_name: str, note: str = "") -> str:
         f"paper draws its curves{'' if r.get('augment', True) else '; this run trains without augmentation'}), "
         "**eval** = "
         f"an eval-mode pass over the first {r['train_probe']} training images without augmentation. "
-        f"Test error is on the first {r['test_subset'] or 'all'} test images.",
+        f"Test error is on the first {r.get('eval_subset', r.get('test_subset')) or 'all'} test images.",
         "",
         "| net | depth | params | train err running (%) | train err eval (%) | test err (%) | wall (s"
         + (", all seeds) |" if several else ") |"),

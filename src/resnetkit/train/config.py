@@ -207,8 +207,15 @@ SECTIONS = ("model", "data", "optim", "schedule", "run")
 # (learning rates, data order, numerics), so it is refused by name.
 RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "data.workers", "schedule.max_steps")
 
+# The allowed values, defined once: the checks below and the CLI's choices use these.
 OPTIMIZERS = ("sgd", "adamw")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+SCHEDULES = ("step", "cosine", "onecycle")
+WARMUPS = ("linear", "constant")
+EVAL_TTA = ("auto", "none", "flip")
+SEG_HEADS = ("slim", "aspp", "deeplabv3plus")
+SEG_LOSSES = ("ce", "weighted", "ohem")
+OUTPUT_STRIDES = (4, 8, 16, 32)
 NONE_IS_A_WORD = ("run.amp", "data.auto_augment", "data.eval_tta")  # string fields whose choices include "none"
 
 # Upper bounds that only stop a typo from asking for years of training or terabytes of memory.
@@ -571,8 +578,8 @@ def check(cfg: TrainConfig) -> None:
     _in_range(cfg, "optim.ema_decay", 0, 1, hi_open=True)
     _in_range(cfg, "optim.grad_accum", 1, MAX_BATCH)
     # schedule
-    _choice(cfg, "schedule.name", ("step", "cosine", "onecycle"))
-    _choice(cfg, "schedule.warmup", ("linear", "constant"))
+    _choice(cfg, "schedule.name", SCHEDULES)
+    _choice(cfg, "schedule.warmup", WARMUPS)
     _in_range(cfg, "schedule.epochs", 0, MAX_EPOCHS)
     for key in ("schedule.steps", "schedule.max_steps", "schedule.warmup_steps"):
         _in_range(cfg, key, 0, MAX_STEPS)
@@ -623,7 +630,7 @@ def check(cfg: TrainConfig) -> None:
         for key in ("data.mixup_alpha", "data.cutmix_alpha"):
             _in_range(cfg, key, 0, 100)
         _choice(cfg, "data.stream", STREAM_MODES)
-        _choice(cfg, "data.eval_tta", ("auto", "none", "flip"))
+        _choice(cfg, "data.eval_tta", EVAL_TTA)
         _in_range(cfg, "data.workers", 0, 256, whole=True)
         _in_range(cfg, "data.crop_min_scale", 0, 1, lo_open=True)
         _require(d.val_path is None or (d.val_path.strip() != "" and "\0" not in d.val_path),
@@ -640,10 +647,6 @@ def check(cfg: TrainConfig) -> None:
                      f"{key}={_short(v)}: give a split's name (ImageSets/Segmentation/NAME.txt), not a path", key)
 
 
-SEG_HEADS = ("slim", "aspp", "deeplabv3plus")
-SEG_LOSSES = ("ce", "weighted", "ohem")
-
-
 def _check_segmentation(cfg: TrainConfig) -> None:
     """The segmentation keys; None ("auto") passes, the resolved value is checked again after the data look."""
     m, d = cfg.model, cfg.data
@@ -652,7 +655,7 @@ def _check_segmentation(cfg: TrainConfig) -> None:
     if m.head is not None:
         _choice(cfg, "model.head", SEG_HEADS)
     if m.output_stride is not None:
-        _choice(cfg, "model.output_stride", (4, 8, 16, 32))
+        _choice(cfg, "model.output_stride", OUTPUT_STRIDES)
     if m.loss is not None:
         _choice(cfg, "model.loss", SEG_LOSSES)
     if m.backbone_weights is not None:

@@ -6,7 +6,6 @@ A schedule has no state beyond the step counter, so resuming needs only the step
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from resnetkit.train.config import ScheduleConfig
 
@@ -42,13 +41,6 @@ def _onecycle(step: int, total: int, max_lr: float, pct_up: float = 0.3, div: fl
         return lo + (max_lr - lo) * 0.5 * (1 - math.cos(math.pi * step / up))
     t = min(1.0, (step - up) / max(1, total - up))
     return end + (max_lr - end) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-@dataclass(frozen=True)
-class BudgetPlan:
-    total_steps: int
-    step_s: float  # measured seconds per training step
-    eval_s_per_epoch: float
 
 
 def plan_total_steps(budget_s: float, elapsed_s: float, steps_done: int, step_s: float,
