@@ -115,3 +115,35 @@ def test_non_finite_loss_stops_with_a_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "loss became nan" in err and "lower optim.lr" in err
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+def test_dry_run_prints_the_automatic_choices_and_why(tmp_path, capsys):
+    """--dry-run prepares the run as training would (data read, precision decided) and prints every automatic
+    value resolved, with its reason, instead of null/"auto"; nothing is written."""
+    out = tmp_path / "r"
+    assert main(["train", "--data", "digits", "--epochs", "1", "--out", str(out), "--dry-run"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    auto = printed["automatic"]
+    assert {"run.amp", "run.channels_last", "data.stream"} <= set(auto), auto
+    assert printed["run"]["amp"] == auto["run.amp"]["value"] in ("bf16", "none") and auto["run.amp"]["why"]
+    assert printed["run"]["channels_last"] is auto["run.channels_last"]["value"] and "timed" in \
+        auto["run.channels_last"]["why"]
+    assert printed["data"]["stream"] == "off" and not out.exists()
+    # what was given is not automatic
+    assert main(["train", "--data", "digits", "--epochs", "1", "--amp", "none", "--no-channels-last", "--out",
+                 str(out), "--dry-run"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["automatic"]) == {"data.stream"}
+
+
+def test_a_prepared_run_is_what_the_trainer_trains(tmp_path):
+    """prepare() resolves once; the Trainer, the task and the saved config.json all hold that same config."""
+    from resnetkit.train import RunRequest, Trainer, prepare
+
+    run = prepare(RunRequest(flags={"data": "digits", "model": "resnet20", "schedule.steps": 2, "data.batch_size": 32,
+                                    "run.out": str(tmp_path / "r"), "run.amp": "none"}))
+    assert run.cfg.model.arch == "resnet20" and run.cfg.data.name == "digits" and run.cfg.run.amp == "none"
+    assert isinstance(run.cfg.run.channels_last, bool)  # decided, not "auto"
+    trainer = Trainer(run)
+    assert trainer.cfg is run.cfg is run.task.cfg
+    trainer.fit()
+    assert json.loads((tmp_path / "r" / "config.json").read_text()) == json.loads(json.dumps(run.cfg.to_dict()))

@@ -138,6 +138,18 @@ def load_checkpoint(path: Path, *, mmap: bool = False) -> dict:
     return state
 
 
+def counters(state: dict, path: Path, steps_per_epoch: int, sums_shape, task: str) -> tuple[dict, torch.Tensor]:
+    """The checkpoint's step counters and epoch sums, refused when impossible for this run."""
+    counts = {k: state[k] for k in ("step", "total_steps", "epoch", "batch_in_epoch")}
+    if any(type(v) is not int or v < 0 for v in counts.values()) or counts["batch_in_epoch"] > steps_per_epoch or \
+            counts["step"] > counts["total_steps"] or not 1 <= counts["total_steps"] <= 10**9:
+        raise CheckpointError(f"{path}: impossible counters {counts}")
+    sums = state["epoch_sums"]
+    if not isinstance(sums, torch.Tensor) or sums.shape != sums_shape:
+        raise CheckpointError(f"{path}: epoch_sums do not fit the {task} task")
+    return counts, sums
+
+
 def saved_config(state: dict, path: Path) -> TrainConfig:
     """The run's config from a loaded checkpoint, with every key and value checked."""
     try:

@@ -54,6 +54,25 @@ class OptimConfig:
     ema_decay: float = 0.0  # 0 = no EMA of the weights
     grad_accum: int = 1  # split each global batch into this many sequential micro-batches
 
+    def check(self, cfg: TrainConfig) -> None:
+        """The optim.* keys (optim.lr may be None only for segmentation: chosen from the data)."""
+        o = self
+        _choice(cfg, "optim.name", OPTIMIZERS)
+        if o.lr is not None or cfg.task != "segmentation":  # segmentation: None is chosen from the data
+            _in_range(cfg, "optim.lr", 0, lo_open=True)
+        _in_range(cfg, "optim.lr_per_256", 0)
+        _in_range(cfg, "optim.head_lr_mult", 0, 1e6, lo_open=True)
+        _in_range(cfg, "optim.momentum", 0, 1, hi_open=True)
+        _require(len(o.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in o.betas),
+                 f"optim.betas={_short(list(o.betas))}: give two numbers in [0, 1), e.g. [0.9, 0.999]", "optim.betas")
+        _in_range(cfg, "optim.eps", 0, 1, lo_open=True)
+        _require(not o.nesterov or o.momentum > 0, f"optim.nesterov needs momentum; optim.momentum={o.momentum}",
+                 "optim.nesterov", "optim.momentum")
+        _in_range(cfg, "optim.weight_decay", 0)
+        _in_range(cfg, "optim.label_smoothing", 0, 1, hi_open=True)
+        _in_range(cfg, "optim.ema_decay", 0, 1, hi_open=True)
+        _in_range(cfg, "optim.grad_accum", 1, MAX_BATCH)
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
@@ -68,6 +87,26 @@ class ScheduleConfig:
     milestones: tuple[float, ...] = (0.5, 0.75)  # step: iterations, or fractions of the run when <= 1
     gamma: float = 0.1  # step: multiply by this at each milestone
     final_lr_frac: float = 0.0  # cosine: end at lr * this
+
+    def check(self, cfg: TrainConfig) -> None:
+        """The schedule.* keys."""
+        s = self
+        _choice(cfg, "schedule.name", SCHEDULES)
+        _choice(cfg, "schedule.warmup", WARMUPS)
+        _in_range(cfg, "schedule.epochs", 0, MAX_EPOCHS)
+        for key in ("schedule.steps", "schedule.max_steps", "schedule.warmup_steps"):
+            _in_range(cfg, key, 0, MAX_STEPS)
+        _in_range(cfg, "schedule.budget_min", 0, 60 * 24 * 366)
+        _require(s.epochs > 0 or s.steps > 0 or s.budget_min > 0,
+                 "say how long to train: set schedule.epochs, schedule.steps or schedule.budget_min",
+                 "schedule.epochs", "schedule.steps", "schedule.budget_min")
+        _in_range(cfg, "schedule.warmup_lr", 0)
+        _in_range(cfg, "schedule.gamma", 0, 1, lo_open=True)
+        _in_range(cfg, "schedule.final_lr_frac", 0, 1)
+        m = s.milestones
+        _require(0 < len(m) <= 100 and all(math.isfinite(x) and x > 0 and (x <= 1 or x.is_integer()) for x in m),
+                 f"schedule.milestones={_short(list(m))}: give 1 to 100 fractions of the run (0 < f <= 1) or step "
+                 "numbers (whole numbers > 1)", "schedule.milestones")
 
 
 @dataclass(frozen=True)
@@ -84,6 +123,15 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 20  # steps between progress updates and non-finite checks
 
+    def check(self, cfg: TrainConfig) -> None:
+        """The run.* keys."""
+        _plain_name(cfg, "run.out", "a folder for the run")
+        _in_range(cfg, "run.seed", 0, 2**63, hi_open=True, whole=True)
+        _choice(cfg, "run.amp", AMP_MODES)
+        _choice(cfg, "run.channels_last", (True, False, "auto"))
+        _in_range(cfg, "run.threads", 0, 1024, whole=True)
+        _in_range(cfg, "run.log_every", 1, MAX_STEPS, whole=True)
+
 
 # -- classification ---------------------------------------------------------------------------------
 
@@ -97,6 +145,14 @@ class ClassificationModelConfig:
     init: str | None = None
     freeze_stages: int = 0  # 0 none; N: the stem and stages 1..N frozen, their BatchNorm statistics too
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP (GPU only)
+
+    def check(self, cfg: TrainConfig) -> None:
+        """The model.* keys of classification."""
+        _check_kwargs(cfg)
+        _plain_name(cfg, "model.arch", "a registered model name, e.g. resnet20")
+        if cfg.model.init is not None:
+            _plain_name(cfg, "model.init", "a weights file or a pretrained tag, e.g. resnet18.tv_in1k")
+        _in_range(cfg, "model.freeze_stages", 0, 64, whole=True)
 
 
 @dataclass(frozen=True)
@@ -119,6 +175,32 @@ class ClassificationDataConfig(StreamOptions):
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
     cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off
 
+    def check(self, cfg: TrainConfig) -> None:
+        """The data.* keys of classification, the image pipeline's (StreamOptions) among them."""
+        d = self
+        _check_batches(cfg)
+        _plain_name(cfg, "data.name", "a dataset, e.g. fashion_mnist or folder:PATH")
+        _require(d.data_dir is None or (d.data_dir.strip() != "" and "\0" not in d.data_dir),
+                 f"data.data_dir={_short(d.data_dir)}: give a folder, or null for the default", "data.data_dir")
+        _in_range(cfg, "data.holdout", 0, MAX_BATCH, whole=True)
+        _in_range(cfg, "data.cutout", 0, 256, whole=True)
+        if d.pad is not None:
+            _in_range(cfg, "data.pad", 0, 256, whole=True)
+        _in_range(cfg, "data.image_size", 8, MAX_PIXELS, whole=True)
+        for key in ("data.train_crop", "data.eval_resize", "data.eval_crop"):
+            _in_range(cfg, key, 0, MAX_PIXELS, whole=True)
+        _choice(cfg, "data.auto_augment", AUTO_AUGMENTS)
+        _in_range(cfg, "data.random_erase", 0, 1)
+        for key in ("data.mixup_alpha", "data.cutmix_alpha"):
+            _in_range(cfg, key, 0, 100)
+        _choice(cfg, "data.stream", STREAM_MODES)
+        _choice(cfg, "data.eval_tta", EVAL_TTA)
+        _in_range(cfg, "data.workers", 0, 256, whole=True)
+        _in_range(cfg, "data.crop_min_scale", 0, 1, lo_open=True)
+        _require(d.val_path is None or (d.val_path.strip() != "" and "\0" not in d.val_path),
+                 f"data.val_path={_short(d.val_path)}: give a folder, or null", "data.val_path")
+        _choice(cfg, "data.channels", (1, 3))
+
 
 # -- segmentation ------------------------------------------------------------------------------------
 
@@ -136,6 +218,22 @@ class SegmentationModelConfig:
     kwargs: dict = field(default_factory=dict)  # more create_model arguments; auto: aspp_channels, aspp_rates
     loss: str | None = None  # ce | weighted | ohem; auto: see seg_defaults.choose_loss
 
+    def check(self, cfg: TrainConfig) -> None:
+        """The model.* keys of segmentation; None ("auto") passes, the resolved value is checked again after the
+        data look."""
+        m = self
+        _check_kwargs(cfg)
+        if m.backbone is not None:
+            _plain_name(cfg, "model.backbone", "a registered backbone name, e.g. resnet18")
+        if m.head is not None:
+            _choice(cfg, "model.head", SEG_HEADS)
+        if m.output_stride is not None:
+            _choice(cfg, "model.output_stride", OUTPUT_STRIDES)
+        if m.loss is not None:
+            _choice(cfg, "model.loss", SEG_LOSSES)
+        if m.backbone_weights is not None:
+            _plain_name(cfg, "model.backbone_weights", "a weights file or a pretrained tag")
+
 
 @dataclass(frozen=True)
 class SegmentationDataConfig:
@@ -150,6 +248,27 @@ class SegmentationDataConfig:
     flip: bool = True
     subset: int = 0  # train on the first N images only (0 = all)
     eval_subset: int = 0  # evaluate on the first N images of the val split only (0 = all)
+
+    def check(self, cfg: TrainConfig) -> None:
+        """The data.* keys of segmentation."""
+        d = self
+        _check_batches(cfg)
+        if d.crop_size is not None:
+            _in_range(cfg, "data.crop_size", 8, MAX_PIXELS, whole=True)
+        for key in ("data.min_scale", "data.max_scale"):
+            if _value(cfg, key) is not None:
+                _in_range(cfg, key, 0, 8, lo_open=True)
+        if d.min_scale is not None and d.max_scale is not None:
+            _require(d.min_scale <= d.max_scale,
+                     f"data.min_scale={d.min_scale}, data.max_scale={d.max_scale}: need min_scale <= max_scale",
+                     "data.min_scale", "data.max_scale")
+        _require(bool(d.path), "data.path is required: a VOC-layout folder (see resnetkit.data.shapes.make_shapes)",
+                 "data.path")
+        _plain_name(cfg, "data.path", "a VOC-layout or pairs-layout folder")
+        for key in ("data.train_split", "data.val_split"):
+            v = _value(cfg, key)
+            _require(bool(v) and v not in (".", "..") and not any(c in v for c in "/\\\0"),
+                     f"{key}={_short(v)}: give a split's name (ImageSets/Segmentation/NAME.txt), not a path", key)
 
 
 # task -> (model section, data section, changed defaults of the shared sections)
@@ -187,6 +306,11 @@ class TrainConfig:
             raise config_error(f"task={_short(task)}: choose {' or '.join(TASK_CONFIGS)}", ("task",))
         model_cls, data_cls, changes = TASK_CONFIGS[task]
         return apply_nested(cls(task=task, model=model_cls(), data=data_cls()), changes)
+
+    def check(self) -> None:
+        """Every section's checks, in the order optim, schedule, run, model, data (see `check`)."""
+        for section in ("optim", "schedule", "run", "model", "data"):
+            getattr(self, section).check(self)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -557,51 +681,20 @@ def _plain(value, depth: int = 0) -> bool:
 
 
 def check(cfg: TrainConfig) -> None:
-    """Value checks that a type cannot express; each error is a ConfigError naming the key (`.keys`)."""
-    s, o, d = cfg.schedule, cfg.optim, cfg.data
+    """Value checks that a type cannot express; each error is a ConfigError naming the key (`.keys`). Each
+    section checks its own keys (its `check` method, given the whole config for the keys that depend on
+    another section); this adds the ones that span sections."""
+    cfg.check()
+
+
+def _check_kwargs(cfg: TrainConfig) -> None:
     _require(_plain(cfg.model.kwargs), f"model.kwargs={_short(cfg.model.kwargs)}: give a table of plain values "
              "(finite numbers, strings, booleans, lists)", "model.kwargs")
-    # optim
-    _choice(cfg, "optim.name", OPTIMIZERS)
-    if o.lr is not None or cfg.task != "segmentation":  # segmentation: None is chosen from the data
-        _in_range(cfg, "optim.lr", 0, lo_open=True)
-    _in_range(cfg, "optim.lr_per_256", 0)
-    _in_range(cfg, "optim.head_lr_mult", 0, 1e6, lo_open=True)
-    _in_range(cfg, "optim.momentum", 0, 1, hi_open=True)
-    _require(len(o.betas) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in o.betas),
-             f"optim.betas={_short(list(o.betas))}: give two numbers in [0, 1), e.g. [0.9, 0.999]", "optim.betas")
-    _in_range(cfg, "optim.eps", 0, 1, lo_open=True)
-    _require(not o.nesterov or o.momentum > 0, f"optim.nesterov needs momentum; optim.momentum={o.momentum}",
-             "optim.nesterov", "optim.momentum")
-    _in_range(cfg, "optim.weight_decay", 0)
-    _in_range(cfg, "optim.label_smoothing", 0, 1, hi_open=True)
-    _in_range(cfg, "optim.ema_decay", 0, 1, hi_open=True)
-    _in_range(cfg, "optim.grad_accum", 1, MAX_BATCH)
-    # schedule
-    _choice(cfg, "schedule.name", SCHEDULES)
-    _choice(cfg, "schedule.warmup", WARMUPS)
-    _in_range(cfg, "schedule.epochs", 0, MAX_EPOCHS)
-    for key in ("schedule.steps", "schedule.max_steps", "schedule.warmup_steps"):
-        _in_range(cfg, key, 0, MAX_STEPS)
-    _in_range(cfg, "schedule.budget_min", 0, 60 * 24 * 366)
-    _require(s.epochs > 0 or s.steps > 0 or s.budget_min > 0,
-             "say how long to train: set schedule.epochs, schedule.steps or schedule.budget_min",
-             "schedule.epochs", "schedule.steps", "schedule.budget_min")
-    _in_range(cfg, "schedule.warmup_lr", 0)
-    _in_range(cfg, "schedule.gamma", 0, 1, lo_open=True)
-    _in_range(cfg, "schedule.final_lr_frac", 0, 1)
-    m = s.milestones
-    _require(0 < len(m) <= 100 and all(math.isfinite(x) and x > 0 and (x <= 1 or x.is_integer()) for x in m),
-             f"schedule.milestones={_short(list(m))}: give 1 to 100 fractions of the run (0 < f <= 1) or step "
-             "numbers (whole numbers > 1)", "schedule.milestones")
-    # run
-    _plain_name(cfg, "run.out", "a folder for the run")
-    _in_range(cfg, "run.seed", 0, 2**63, hi_open=True, whole=True)
-    _choice(cfg, "run.amp", AMP_MODES)
-    _choice(cfg, "run.channels_last", (True, False, "auto"))
-    _in_range(cfg, "run.threads", 0, 1024, whole=True)
-    _in_range(cfg, "run.log_every", 1, MAX_STEPS, whole=True)
-    # data, shared
+
+
+def _check_batches(cfg: TrainConfig) -> None:
+    """The data keys every task has."""
+    d, o = cfg.data, cfg.optim
     if d.batch_size is not None:  # segmentation: None is chosen from the data
         _in_range(cfg, "data.batch_size", 1, MAX_BATCH, whole=True)
         _require(d.batch_size % o.grad_accum == 0,
@@ -610,65 +703,6 @@ def check(cfg: TrainConfig) -> None:
     _in_range(cfg, "data.eval_batch_size", 1, MAX_BATCH, whole=True)
     for key in ("data.subset", "data.eval_subset"):
         _in_range(cfg, key, 0, MAX_BATCH, whole=True)
-    if cfg.task == "classification":
-        _plain_name(cfg, "model.arch", "a registered model name, e.g. resnet20")
-        if cfg.model.init is not None:
-            _plain_name(cfg, "model.init", "a weights file or a pretrained tag, e.g. resnet18.tv_in1k")
-        _in_range(cfg, "model.freeze_stages", 0, 64, whole=True)
-        _plain_name(cfg, "data.name", "a dataset, e.g. fashion_mnist or folder:PATH")
-        _require(d.data_dir is None or (d.data_dir.strip() != "" and "\0" not in d.data_dir),
-                 f"data.data_dir={_short(d.data_dir)}: give a folder, or null for the default", "data.data_dir")
-        _in_range(cfg, "data.holdout", 0, MAX_BATCH, whole=True)
-        _in_range(cfg, "data.cutout", 0, 256, whole=True)
-        if d.pad is not None:
-            _in_range(cfg, "data.pad", 0, 256, whole=True)
-        _in_range(cfg, "data.image_size", 8, MAX_PIXELS, whole=True)
-        for key in ("data.train_crop", "data.eval_resize", "data.eval_crop"):
-            _in_range(cfg, key, 0, MAX_PIXELS, whole=True)
-        _choice(cfg, "data.auto_augment", AUTO_AUGMENTS)
-        _in_range(cfg, "data.random_erase", 0, 1)
-        for key in ("data.mixup_alpha", "data.cutmix_alpha"):
-            _in_range(cfg, key, 0, 100)
-        _choice(cfg, "data.stream", STREAM_MODES)
-        _choice(cfg, "data.eval_tta", EVAL_TTA)
-        _in_range(cfg, "data.workers", 0, 256, whole=True)
-        _in_range(cfg, "data.crop_min_scale", 0, 1, lo_open=True)
-        _require(d.val_path is None or (d.val_path.strip() != "" and "\0" not in d.val_path),
-                 f"data.val_path={_short(d.val_path)}: give a folder, or null", "data.val_path")
-        _choice(cfg, "data.channels", (1, 3))
-    else:
-        _check_segmentation(cfg)
-        _require(bool(d.path), "data.path is required: a VOC-layout folder (see resnetkit.data.shapes.make_shapes)",
-                 "data.path")
-        _plain_name(cfg, "data.path", "a VOC-layout or pairs-layout folder")
-        for key in ("data.train_split", "data.val_split"):
-            v = _value(cfg, key)
-            _require(bool(v) and v not in (".", "..") and not any(c in v for c in "/\\\0"),
-                     f"{key}={_short(v)}: give a split's name (ImageSets/Segmentation/NAME.txt), not a path", key)
-
-
-def _check_segmentation(cfg: TrainConfig) -> None:
-    """The segmentation keys; None ("auto") passes, the resolved value is checked again after the data look."""
-    m, d = cfg.model, cfg.data
-    if m.backbone is not None:
-        _plain_name(cfg, "model.backbone", "a registered backbone name, e.g. resnet18")
-    if m.head is not None:
-        _choice(cfg, "model.head", SEG_HEADS)
-    if m.output_stride is not None:
-        _choice(cfg, "model.output_stride", OUTPUT_STRIDES)
-    if m.loss is not None:
-        _choice(cfg, "model.loss", SEG_LOSSES)
-    if m.backbone_weights is not None:
-        _plain_name(cfg, "model.backbone_weights", "a weights file or a pretrained tag")
-    if d.crop_size is not None:
-        _in_range(cfg, "data.crop_size", 8, MAX_PIXELS, whole=True)
-    for key in ("data.min_scale", "data.max_scale"):
-        if _value(cfg, key) is not None:
-            _in_range(cfg, key, 0, 8, lo_open=True)
-    if d.min_scale is not None and d.max_scale is not None:
-        _require(d.min_scale <= d.max_scale,
-                 f"data.min_scale={d.min_scale}, data.max_scale={d.max_scale}: need min_scale <= max_scale",
-                 "data.min_scale", "data.max_scale")
 
 
 def _flat(cfg: TrainConfig) -> dict:

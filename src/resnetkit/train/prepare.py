@@ -191,7 +191,20 @@ def _from_config(cfg: TrainConfig, resume: bool) -> tuple[TrainConfig, dict, dic
     return cfg, {}, state
 
 
+def _check_unfinished(cfg: TrainConfig, state: dict) -> None:
+    """A resumed run must have steps left before its end (the schedule's, or schedule.max_steps)."""
+    step, total, stop = state.get("step"), state.get("total_steps"), cfg.schedule.max_steps
+    if not (type(step) is int and type(total) is int and 0 <= step <= total):
+        return  # impossible counters: the Trainer refuses them with the rest of the state (checkpoint.counters)
+    if step >= (min(total, stop) if stop > 0 else total):
+        more = (f" (it stopped at schedule.max_steps={stop} of {total}: raise that to go on)" if step < total else "")
+        raise config_error(f"run.out={cfg.run.out}: the run already finished ({step} steps){more}; nothing to "
+                           "resume", ("schedule.max_steps",))
+
+
 def _build(cfg: TrainConfig, state: dict | None, origins: dict) -> PreparedRun:
+    if state is not None:
+        _check_unfinished(cfg, state)
     d = distributed.init()
     if state is None and d.main:  # only rank 0 looks: the others may start after it made the folder
         rundir.check_new_run_dir(Path(cfg.run.out), inputs=_inputs(cfg))

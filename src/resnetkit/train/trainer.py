@@ -33,12 +33,12 @@ from tqdm import tqdm
 
 from resnetkit._helpers import load_state_dict_strict
 from resnetkit.data.loader import derived_generator, epoch_batches, shard, steps_per_epoch
-from resnetkit.errors import CheckpointError, ConfigError, MissingFileError, UserError
+from resnetkit.errors import CheckpointError, UserError
 from resnetkit.train import checkpoint, distributed
-from resnetkit.train.config import TrainConfig, config_error
+from resnetkit.train.config import TrainConfig
 from resnetkit.train.evaluate import autocast
 from resnetkit.train.optim import EMA, build_optimizer
-from resnetkit.train.prepare import PreparedRun, locate, prepare
+from resnetkit.train.prepare import PreparedRun, prepare
 from resnetkit.train.rundir import CHECKPOINT, WEIGHTS, RunDir
 from resnetkit.train.schedule import BudgetPlanner, lr_at
 from resnetkit.weights import save_weights
@@ -53,10 +53,9 @@ class Trainer:
     def __init__(self, run: PreparedRun | TrainConfig, *, resume: bool = False, hooks=(), clock=time.perf_counter):
         self.clock, self.t_start = clock, clock()
         run = run if isinstance(run, PreparedRun) else prepare(run, resume=resume)
-        self.prepared, self.hooks = run, list(hooks)
-        cfg, self.task, self.model, self.d = run.cfg, run.task, run.model, run.dist
-        self.cfg = cfg
-        self.resumed = run.resumed
+        self.prepared, self.hooks, self.resumed = run, list(hooks), run.resumed
+        cfg = self.cfg = run.cfg
+        self.task, self.model, self.d = run.task, run.model, run.dist
         self.run_dir = RunDir(cfg.run.out, resumed=run.resumed)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.run.amp == "fp16")
@@ -109,24 +108,13 @@ class Trainer:
             raise CheckpointError(f"{path}: its state does not fit this run's config ({type(e).__name__}: "
                                   f"{checkpoint._first_line(e)})") from None
         self.run_dir.saved_step = self.step
-        if self.step >= self.stop_at:
-            more = (f" (it stopped at schedule.max_steps={self.cfg.schedule.max_steps} of {self.total}: raise that to "
-                    "go on)" if self.step < self.total else "")
-            raise config_error(f"run.out={self.run_dir.path}: the run already finished ({self.step} steps){more}; "
-                               "nothing to resume", ("schedule.max_steps",))
         if self.d.main:
             log.info("resuming %s at step %d of %d (epoch %d, batch %d)", self.run_dir.path, self.step, self.stop_at,
                      self.epoch + 1, self.batch_in_epoch)
 
     def _load_state(self, state: dict) -> None:
         path = self.run_dir.file(CHECKPOINT)
-        counts = {k: state[k] for k in ("step", "total_steps", "epoch", "batch_in_epoch")}
-        if any(type(v) is not int or v < 0 for v in counts.values()) or counts["batch_in_epoch"] > self.spe or \
-                counts["step"] > counts["total_steps"] or not 1 <= counts["total_steps"] <= 10**9:
-            raise CheckpointError(f"{path}: impossible counters {counts}")
-        sums = state["epoch_sums"]
-        if not isinstance(sums, torch.Tensor) or sums.shape != self.epoch_sums.shape:
-            raise CheckpointError(f"{path}: epoch_sums do not fit the {self.cfg.task} task")
+        counts, sums = checkpoint.counters(state, path, self.spe, self.epoch_sums.shape, self.cfg.task)
         self.task.load_state_dict(state["task"])
         try:
             load_state_dict_strict(self.model, state["model"], source="the checkpoint")
@@ -355,14 +343,8 @@ def train(cfg: PreparedRun | TrainConfig, resume: bool = False, hooks=()) -> dic
     """Build a Trainer from `cfg` (a PreparedRun, or a TrainConfig to prepare) and fit (see Trainer.fit for the
     result); tears the process group down afterwards."""
     try:
-        run = cfg if isinstance(cfg, PreparedRun) else prepare(cfg, resume=resume)
-        try:
-            trainer = Trainer(run, hooks=hooks)
-            result = trainer.fit()
-        except (ConfigError, MissingFileError) as e:  # a value the checkpoint or the schedule refuses
-            if getattr(e, "keys", ()) and not getattr(e, "origins", ()):
-                raise locate(e, run.origins) from None
-            raise
+        trainer = Trainer(cfg, resume=resume, hooks=hooks)
+        result = trainer.fit()
         # Rank 0 may still be writing files: a rank that tore gloo down first could abort at exit.
         distributed.barrier(trainer.d)
         return result
