@@ -74,7 +74,7 @@ def test_cifar_dry_run_prints_config_and_paper_error(capsys):
     out = capsys.readouterr().out
     cfg = json.loads(out[:out.rindex("}") + 1])
     assert cfg["schedule"]["warmup_steps"] == 400 and cfg["schedule"]["steps"] == 64_000
-    assert "val split: 5000; stop after: 64000" in out and "6.43%" in out
+    assert "holdout: 5000; stop after: 64000" in out and "6.43%" in out
 
 
 def write_tiny_cifar(root, per_batch=32, n_test=40):
