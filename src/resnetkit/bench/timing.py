@@ -68,15 +68,16 @@ def bench_backends(model: nn.Module, backends: list[str], *, batch: int, input_s
         (f"{name} (eager)", lambda m=m: m.eval()) for name, m in (reference or {}).items()]
     # `auto` checks its candidates against fp32 on the benchmark batch itself (or the card's training data).
     runs += [(name, lambda name=name: make_backend(name, model, example=x[:2], threads=threads,
-                                                   calib=x if name == "auto" else calib, batch_size=batch))
+                                                   calib=x if name.startswith("auto") else calib,
+                                                   batch_size=batch))
              for name in backends]
     rows = []
     for name, build in runs:
         t0 = time.perf_counter()
         fn = build()
         setup = getattr(fn, "setup_s", time.perf_counter() - t0)
-        if name == "auto":  # what it chose, and what choosing cost (measuring every candidate, once)
-            name, setup = f"auto ({fn.decision['backend']})", time.perf_counter() - t0
+        if name.startswith("auto"):  # what it chose, and what choosing cost (measuring every candidate, once)
+            name, setup = f"{name} ({fn.decision['backend']})", time.perf_counter() - t0
         r = time_fn(fn, x, iters=iters, warmup=warmup)
         row = dict(backend=name, setup_s=setup, first_s=r["first_s"], img_s=batch / r["median_s"],
                    median_ms=1e3 * r["median_s"], p90_ms=1e3 * r["p90_s"], mean_ms=1e3 * r["mean_s"],

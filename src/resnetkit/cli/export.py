@@ -21,7 +21,7 @@ from resnetkit.weights import input_shape, load
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BENCH_BACKENDS = "eager,auto"
+DEFAULT_BENCH_BACKENDS = "eager,auto,auto-fp32"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, help="intra-op threads for PyTorch and ONNX Runtime (default: torch's)")
     p.add_argument("--backend", default=DEFAULT_BENCH_BACKENDS,
                    help=f"comma-separated, from: {', '.join(BACKENDS)} (default {DEFAULT_BENCH_BACKENDS}: "
-                        "eager and what auto picks)")
+                        "eager, what auto picks and what auto-fp32 picks)")
     p.add_argument("--iters", type=int, default=20, help="timed calls per backend (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls after the first (default 3)")
     p.add_argument("--json", metavar="FILE", help="also write the rows and the machine description as JSON")

@@ -9,11 +9,15 @@ What it does for a job of `n_images` images:
    run channels_last (exact fp32): measuring compiles every candidate, tens of seconds for a ResNet-50,
    which a one-image job should not pay. A larger job measures each candidate on a calibration set (the
    model's own training data when its card names it, else the job's images): its speed, its setup
-   cost (folding, exporting, compiling) and its top-1 agreement with fp32 eager (per-pixel agreement for
-   segmentation). Candidates below AGREEMENT are rejected; the rest are cached with their figures.
+   cost (folding, exporting, compiling, quantising) and its top-1 agreement with fp32 eager (per-pixel
+   agreement for segmentation). The int8 candidates are calibrated on the first QUANT_CALIB_N of those
+   images, and every candidate is judged on the others only, so a quantised model is never judged on the
+   images it was calibrated on. Candidates below AGREEMENT are rejected; the rest are cached with their
+   figures.
 3. Pick, among the accepted candidates, the one with the least expected job time, setup + n / speed:
    so a cached compile-bf16 still loses to channels_last on a job too small to repay its compilation.
-One log line says what was chosen and why.
+One log line says what was chosen and why. `auto-fp32` does the same among the fp32 candidates only
+(no bf16, no int8): for a user who wants fp32's numbers, fast.
 """
 
 from __future__ import annotations
@@ -39,7 +43,9 @@ log = logging.getLogger(__name__)
 
 AGREEMENT = 0.995  # top-1 (or pixel) agreement with fp32 eager a candidate needs
 AUTO_MIN_IMAGES = 1000  # an uncached job smaller than this runs channels_last instead of measuring
-CALIB_N = 256  # classification calibration images (one disagreement costs 0.4%)
+CALIB_N = 256  # classification calibration images
+QUANT_CALIB_N = 64  # ... of which the int8 candidates calibrate on these; agreement is judged on the other 192
+# (one disagreement costs 0.52%)
 SEG_CALIB_N = 4  # segmentation: a few whole images already hold ~10^5 pixels
 MIN_TIMED = 5  # calls timed per candidate, at the least
 CACHE_VERSION = 1
@@ -71,16 +77,23 @@ def machine_key(threads: int | None = None) -> str:
     return f"{cpu_model()} | {os.cpu_count()} cores | {threads or torch.get_num_threads()} threads | {gpu}"
 
 
-def default_candidates() -> list[str]:
-    """compile-bf16 where bf16 runs natively, compile (fp32) elsewhere, onnxruntime when installed; and
-    channels_last, the uncompiled baseline every job can fall back on."""
-    names = [FALLBACK, "compile-bf16" if unsupported("compile-bf16") is None else "compile"]
+FP32 = ("channels_last", "compile", "onnxruntime")  # exact-precision candidates (auto-fp32 picks among these)
+
+
+def default_candidates(fp32: bool = False) -> list[str]:
+    """compile-bf16 where bf16 runs natively, compile (fp32) elsewhere; onnxruntime and onnxruntime-int8
+    when ONNX Runtime is installed; int8 (PT2E) where the CPU has VNNI or AMX; and channels_last, the
+    uncompiled baseline every job can fall back on. `fp32`: the fp32 ones only."""
+    bf16 = unsupported("compile-bf16") is None and not fp32
+    names = [FALLBACK, "compile-bf16" if bf16 else "compile"]
     try:
         import onnxruntime  # noqa: F401  (optional: only a candidate where it is installed)
 
-        names.append("onnxruntime")
+        names += ["onnxruntime"] if fp32 else ["onnxruntime", "onnxruntime-int8"]
     except ImportError:
         log.debug("auto: onnxruntime not installed; not a candidate")
+    if not fp32 and unsupported("int8") is None:
+        names.append("int8")
     return names
 
 
@@ -138,11 +151,12 @@ def _predictions(run: Callable, batches: list[torch.Tensor]) -> tuple[list[torch
     return preds, times
 
 
-def measure(name: str, build: Callable[[], Callable], batches: list[torch.Tensor], reference: list[torch.Tensor]
-            ) -> tuple[dict, Callable | None]:
+def measure(name: str, build: Callable[[], Callable], batches: list[torch.Tensor], reference: list[torch.Tensor],
+            judged_from: int = 0) -> tuple[dict, Callable | None]:
     """Build one candidate, run it on the calibration batches twice (the first pass pays compilation),
     and return its figures {"img_s", "setup_s", "agreement", "ok"} and the built backend (None when it
-    disagrees with fp32 or fails: a candidate that cannot run here is skipped, not fatal)."""
+    disagrees with fp32 or fails: a candidate that cannot run here is skipped, not fatal). The agreement
+    counts batches `judged_from` on (the ones before calibrated the int8 candidates)."""
     t0 = time.perf_counter()
     try:
         run = build()
@@ -159,8 +173,9 @@ def measure(name: str, build: Callable[[], Callable], batches: list[torch.Tensor
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.info("auto: skipping %s: %s", name, why)
         return {"ok": False, "error": why}, None
-    same = sum(int((p == r).sum()) for p, r in zip(preds, reference))
-    agreement = same / sum(r.numel() for r in reference)
+    held = slice(judged_from if judged_from < len(reference) else 0, None)
+    same = sum(int((p == r).sum()) for p, r in zip(preds[held], reference[held]))
+    agreement = same / sum(r.numel() for r in reference[held])
     img_s = statistics.median(n / t for n, t in zip(sizes, times))
     ok = agreement >= AGREEMENT
     return {"img_s": img_s, "setup_s": setup_s, "agreement": agreement, "ok": ok}, (run if ok else None)
@@ -237,9 +252,17 @@ def auto_backend(model: nn.Module, *, calib: torch.Tensor | list[torch.Tensor] |
     key = _key(model_digest(model), threads)
     entries = read_cache(path)
     entry = _lookup(entries, key)
-    if entry is not None and isinstance(entry.get("results"), dict):
+    # Named candidates (auto-fp32's) are taken from the cache where it has them all, and the missing ones are
+    # measured and added; the default auto takes whatever the cache decided for this model and machine.
+    wanted = set(candidates) if candidates is not None and all(isinstance(c, str) for c in candidates) else None
+    # An entry from before the int8 candidates (agreement judged on the calibration images themselves, no
+    # "agreement_on") is measured anew.
+    current = entry is not None and "agreement_on" in (entry.get("calib") or {})
+    cached = entry.get("results") if current else None
+    if isinstance(cached, dict) and (wanted is None or wanted <= set(cached)):
         # Only built-in names can be rebuilt from the cache (an injected candidate exists in one process).
-        results = {k: v for k, v in entry["results"].items() if k in NAMED and isinstance(v, dict)}
+        results = {k: v for k, v in cached.items() if k in NAMED and isinstance(v, dict)
+                   and (wanted is None or k in wanted)}
         name = _pick(results, n_images)
         backend = build_named(name, model, threads=threads)
         return _decided(backend, name, {"source": "cache", "results": results}, n_images, path)
@@ -248,7 +271,12 @@ def auto_backend(model: nn.Module, *, calib: torch.Tensor | list[torch.Tensor] |
         return _decided(backend, backend.name, {"source": "small job", "results": {}}, n_images, path,
                         f"{n_images} images, fewer than {min_images}: too few to repay measuring and compiling, "
                         "and no cached decision for this model and machine")
-    results, built = _measure_all(model, calib, batch_size, threads, candidates, key, entries, path)
+    known = {k: v for k, v in cached.items() if k in NAMED and isinstance(v, dict)} if isinstance(cached, dict) else {}
+    todo = [c for c in (candidates if candidates is not None else default_candidates())
+            if not isinstance(c, str) or c not in known]  # a cached entry gains what it lacked
+    results, built = _measure_all(model, calib, batch_size, threads, todo, key, entries, path, known)
+    if wanted is not None:
+        results = {k: v for k, v in results.items() if k in wanted}
     name = _pick(results, n_images)
     backend = built.get(name) or build_named(name, model, threads=threads)
     return _decided(backend, name, {"source": "measured", "results": results}, n_images, path)
@@ -263,9 +291,10 @@ def _fallback(model: nn.Module, threads: int | None) -> Backend:
         return build_named("eager", model, threads=threads)
 
 
-def _measure_all(model, calib, batch_size, threads, candidates, key, entries, path):
-    """Measure every candidate on the calibration set, store the figures in the cache, and return them
-    with the candidates that passed, already built (and compiled)."""
+def _measure_all(model, calib, batch_size, threads, candidates, key, entries, path, known=None):
+    """Measure the candidates on the calibration set, store their figures in the cache (beside the `known`
+    figures of the same model and machine), and return all figures with the candidates that passed,
+    already built (and compiled)."""
     seg = getattr(getattr(model, "card", None), "task", "classification") == "segmentation"
     own = None if seg else _own_data(model, CALIB_N)
     if own is not None:
@@ -278,23 +307,28 @@ def _measure_all(model, calib, batch_size, threads, candidates, key, entries, pa
                             "no training data")
         calib = calib[:SEG_CALIB_N] if seg else calib[:CALIB_N]
     batches = _batches(calib, batch_size or 16)
+    # The int8 candidates calibrate on the first batches (QUANT_CALIB_N images); all are judged on the rest.
+    n_quant = 0 if seg else max(1, min(len(batches) // 2, QUANT_CALIB_N // max(1, len(batches[0]))))
+    quant = torch.cat(batches[:n_quant]) if n_quant else batches[0]
     log.info("auto: measuring backends on %d calibration images from %s (once per model and machine)",
              sum(len(b) for b in batches), calib_source)
     reference, _ = _predictions(TorchBackend("eager", model, False, 0.0), batches)
-    results, built = {}, {}
+    results, built = dict(known or {}), {}
     example = batches[0][:2] if not seg else None
-    for cand in candidates if candidates is not None else default_candidates():
+    for cand in candidates:
         name, build = cand if isinstance(cand, tuple) else (
-            cand, lambda cand=cand: build_named(cand, model, example=example, threads=threads,
-                                                calib=batches[0]))
+            cand, lambda cand=cand: build_named(cand, model, example=example, threads=threads, calib=quant))
         if isinstance(cand, str) and (why := unsupported(cand)) is not None:
             log.info("auto: skipping %s: %s", cand, why)
             results[name] = {"ok": False, "error": why}
             continue
-        results[name], run = measure(name, build, batches, reference)
+        results[name], run = measure(name, build, batches, reference, judged_from=n_quant)
         if run is not None:
             built[name] = run if isinstance(run, Backend) else _Wrapped(name, run)
-    entry = {**key, "results": results, "calib": {"n": sum(len(b) for b in batches), "source": calib_source},
+    n_all = sum(len(b) for b in batches)
+    n_cal = sum(len(b) for b in batches[:n_quant]) if n_quant < len(batches) else 0
+    entry = {**key, "results": results, "calib": {"n": n_all, "source": calib_source, "int8_calibration": n_cal,
+                                                  "agreement_on": n_all - n_cal},
              "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _store(path, entries, entry, key)
     return results, built

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from resnetkit.errors import ConfigError
-from resnetkit.export.auto import auto_backend
+from resnetkit.export.auto import auto_backend, default_candidates
 from resnetkit.export.ort import require_onnxruntime
 from resnetkit.export.runtimes import NAMED, Backend, OrtBackend, TorchBackend, build_named, cpu_flags, unsupported
 
@@ -25,7 +25,7 @@ __all__ = ["BACKENDS", "Backend", "OrtBackend", "TorchBackend", "cpu_flags", "ma
            "unsupported"]
 
 # `auto` first: it is the default of predict, eval, segment and bench.
-BACKENDS = ("auto", *NAMED)
+BACKENDS = ("auto", "auto-fp32", *NAMED)
 
 
 def make_backend(name: str, model: nn.Module, *, example: torch.Tensor | None = None, threads: int | None = None,
@@ -37,6 +37,7 @@ def make_backend(name: str, model: nn.Module, *, example: torch.Tensor | None = 
                       eager on `calib` (or the model's own training data), chosen once per model and
                       machine and cached; `n_images` (how many the job will run) lets it skip compiling
                       for small jobs, `batch_size` is the job's batch.
+    auto-fp32:        auto among the fp32 candidates only (channels_last, compile, onnxruntime).
     eager:            the model as it is.
     channels_last:    BNs folded, channels-last weights and inputs.
     compile:          channels_last + torch.compile (inductor, with freezing: weights become constants,
@@ -55,7 +56,8 @@ def make_backend(name: str, model: nn.Module, *, example: torch.Tensor | None = 
     """
     if name not in BACKENDS:
         raise ConfigError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "auto":
+    if name in ("auto", "auto-fp32"):
         return auto_backend(model, calib=calib if calib is not None else example, n_images=n_images,
-                            batch_size=batch_size, threads=threads)
+                            batch_size=batch_size, threads=threads,
+                            candidates=default_candidates(fp32=True) if name == "auto-fp32" else None)
     return build_named(name, model, example=example, threads=threads, calib=calib, workdir=workdir, fold_bn=fold_bn)
