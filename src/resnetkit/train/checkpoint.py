@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnetkit._helpers import atomic_write
+from resnetkit._helpers import atomic_write, load_state_dict_strict
 from resnetkit.errors import CheckpointError, ConfigError, MissingFileError
 from resnetkit.train.config import TrainConfig, check
 
@@ -166,3 +166,49 @@ def run_config(run_dir: str | Path, checkpoint_name: str = "checkpoint.pt") -> T
     path = Path(run_dir) / checkpoint_name
     cfg = saved_config(load_checkpoint(path, mmap=True), path)
     return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, out=str(run_dir)))
+
+
+def trainer_state(t) -> dict:
+    """A Trainer's whole state, as checkpoint.pt holds it (KEYS, plus the optional ones: scaler, selection)."""
+    return {
+        "version": VERSION,
+        "config": t.cfg.to_dict(),
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "scaler": t.scaler.state_dict(),  # fp16's loss scale ({} when off)
+        "ema": t.ema.state_dict() if t.ema is not None else None,
+        "task": t.task.state_dict(),
+        "step": t.step,
+        "total_steps": t.total,
+        "epoch": t.epoch,  # epochs completed
+        "batch_in_epoch": t.batch_in_epoch,  # batches of the current epoch already trained
+        "epoch_sums": t.epoch_sums,  # this rank's; save_checkpoint stores the sum over all ranks
+        "epoch_seconds": t.epoch_seconds,
+        "selection": t.selection.state_dict(),
+        "rng": rng_state(),
+        "torch_version": str(torch.__version__),
+    }
+
+
+def restore(t, state: dict, path: Path) -> None:
+    """Put a loaded checkpoint's state back into Trainer `t` (built from the run's config)."""
+    counts, sums = counters(state, path, t.spe, t.epoch_sums.shape, t.cfg.task)
+    t.task.load_state_dict(state["task"])
+    try:
+        load_state_dict_strict(t.model, state["model"], source="the checkpoint")
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: its model does not fit its saved config ({e})") from None
+    t.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):
+        t.scaler.load_state_dict(state["scaler"])
+    if t.ema is not None:
+        load_state_dict_strict(t.ema.module, state["ema"], source=f"{path} (ema)")
+    t.step, t.total = counts["step"], counts["total_steps"]
+    t.epoch, t.batch_in_epoch = counts["epoch"], counts["batch_in_epoch"]
+    # The saved sums are over all processes: rank 0 carries them on, the others start from zero.
+    if t.d.main:
+        t.epoch_sums = sums.to(torch.float64)
+    t.epoch_seconds = float(state["epoch_seconds"])
+    if isinstance(state.get("selection"), dict):  # checkpoints before run.keep_best have none
+        t.selection.load_state_dict(state["selection"])
+    set_rng_state(state["rng"])

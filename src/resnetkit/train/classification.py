@@ -123,6 +123,7 @@ class StreamedBatches:
 class ClassificationTask(Task):
     NAME = "classification"
     SUMS = ("loss", "errors", "images")
+    METRICS = ("test_err", "test_loss", "test_top5_err", "train_err", "train_loss")
     PANELS = (Panel("loss", "cross-entropy", (("train", "train_loss"), ("test", "test_loss"))),
               Panel("top-1 error", "error (%)", (("train", "train_err"), ("test", "test_err")), scale=100))
 

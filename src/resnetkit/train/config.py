@@ -53,6 +53,7 @@ class OptimConfig:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA of the weights
     grad_accum: int = 1  # split each global batch into this many sequential micro-batches
+    clip_grad_norm: float = 0.0  # > 0: clip the gradients' global L2 norm to this (torchvision's --clip-grad-norm)
 
     def check(self, cfg: TrainConfig) -> None:
         """The optim.* keys (optim.lr may be None only for segmentation: chosen from the data)."""
@@ -72,6 +73,7 @@ class OptimConfig:
         _in_range(cfg, "optim.label_smoothing", 0, 1, hi_open=True)
         _in_range(cfg, "optim.ema_decay", 0, 1, hi_open=True)
         _in_range(cfg, "optim.grad_accum", 1, MAX_BATCH)
+        _in_range(cfg, "optim.clip_grad_norm", 0)
 
 
 @dataclass(frozen=True)
@@ -122,6 +124,10 @@ class RunConfig:
     compile: bool = False
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 20  # steps between progress updates and non-finite checks
+    # Keep model_best.safetensors by this evaluation metric (resnetkit.train.selection): auto = top-1 error or
+    # mIoU when evaluating on a validation split, else none; or a metric name (test_err, test_loss, val_miou).
+    keep_best: str = "auto"
+    early_stop: int = 0  # stop after this many evaluations without improvement of run.keep_best (0 = never)
 
     def check(self, cfg: TrainConfig) -> None:
         """The run.* keys."""
@@ -131,6 +137,11 @@ class RunConfig:
         _choice(cfg, "run.channels_last", (True, False, "auto"))
         _in_range(cfg, "run.threads", 0, 1024, whole=True)
         _in_range(cfg, "run.log_every", 1, MAX_STEPS, whole=True)
+        _plain_name(cfg, "run.keep_best", "auto, none or an evaluation metric, e.g. test_err or val_miou")
+        _in_range(cfg, "run.early_stop", 0, MAX_STEPS, whole=True)
+        _require(self.early_stop == 0 or self.keep_best != "none",
+                 f"run.early_stop={self.early_stop} needs a metric to watch; run.keep_best is none", "run.early_stop",
+                 "run.keep_best")
 
 
 # -- classification ---------------------------------------------------------------------------------
@@ -340,7 +351,8 @@ EVAL_TTA = ("auto", "none", "flip")
 SEG_HEADS = ("slim", "aspp", "deeplabv3plus")
 SEG_LOSSES = ("ce", "weighted", "ohem")
 OUTPUT_STRIDES = (4, 8, 16, 32)
-NONE_IS_A_WORD = ("run.amp", "data.auto_augment", "data.eval_tta")  # string fields whose choices include "none"
+# string fields whose choices include "none"
+NONE_IS_A_WORD = ("run.amp", "data.auto_augment", "data.eval_tta", "run.keep_best")
 
 # Upper bounds that only stop a typo from asking for years of training or terabytes of memory.
 MAX_STEPS = 10**9

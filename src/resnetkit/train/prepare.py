@@ -43,6 +43,7 @@ from resnetkit.train.config import (
 from resnetkit.train.distributed import Dist
 from resnetkit.train.recipes import load_recipe
 from resnetkit.train.segmentation import SegmentationTask
+from resnetkit.train.selection import keep_best_metric
 from resnetkit.train.task import Task
 
 log = logging.getLogger("resnetkit.train")
@@ -196,6 +197,10 @@ def _check_unfinished(cfg: TrainConfig, state: dict) -> None:
     step, total, stop = state.get("step"), state.get("total_steps"), cfg.schedule.max_steps
     if not (type(step) is int and type(total) is int and 0 <= step <= total):
         return  # impossible counters: the Trainer refuses them with the rest of the state (checkpoint.counters)
+    if isinstance(state.get("selection"), dict) and state["selection"].get("stopped"):
+        raise config_error(f"run.out={cfg.run.out}: the run stopped early at step {step} (run.early_stop="
+                           f"{cfg.run.early_stop}: no better {cfg.run.keep_best}); nothing to resume",
+                           ("run.early_stop",))
     if step >= (min(total, stop) if stop > 0 else total):
         more = (f" (it stopped at schedule.max_steps={stop} of {total}: raise that to go on)" if step < total else "")
         raise config_error(f"run.out={cfg.run.out}: the run already finished ({step} steps){more}; nothing to "
@@ -213,6 +218,11 @@ def _build(cfg: TrainConfig, state: dict | None, origins: dict) -> PreparedRun:
     data, cfg, choices = kind.load(cfg)  # the data read once; its automatic values chosen from it
     if d.main:
         kind.log_choices(choices, data)
+    cfg, best = _keep_best(cfg)
+    choices.update(best)
+    if cfg.run.keep_best != "none" and cfg.run.keep_best not in kind.METRICS:
+        raise config_error(f"run.keep_best={cfg.run.keep_best}: not a metric of {cfg.task} runs; choose "
+                           f"{', '.join(kind.METRICS)} or none", ("run.keep_best",))
     micro = _micro_batch(cfg, d, len(data.train))
     kind.check_micro_batch(cfg, micro)
     cfg, why = precision.resolve_precision(cfg, d, lambda amp: _measure_layout(kind, cfg, data, d, micro, amp))
@@ -226,6 +236,18 @@ def _build(cfg: TrainConfig, state: dict | None, origins: dict) -> PreparedRun:
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return PreparedRun(cfg, task, model, d, state, choices, origins)
+
+
+def _keep_best(cfg: TrainConfig) -> tuple[TrainConfig, dict]:
+    """run.keep_best "auto" -> the metric (or none) and why (resnetkit.train.selection)."""
+    if cfg.run.keep_best != "auto":
+        return cfg, {}
+    metric, why = keep_best_metric(cfg)
+    if metric == "none" and cfg.run.early_stop:
+        raise config_error(f"run.early_stop={cfg.run.early_stop} needs a validation split to watch ({why}); set "
+                           "data.holdout=N (or data.val_path), or run.keep_best=METRIC", ("run.early_stop",))
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, keep_best=metric))
+    return cfg, {"run.keep_best": (metric, why)}
 
 
 def _measure_layout(kind: type[Task], cfg: TrainConfig, data, d: Dist, micro: int, amp: str) -> tuple[bool, str]:

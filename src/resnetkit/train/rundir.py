@@ -28,6 +28,7 @@ from resnetkit.train.checkpoint import atomic_torch_save
 MARKER = ".resnetkit-run"
 CHECKPOINT, WEIGHTS, METRICS, CURVES, CONFIG = ("checkpoint.pt", "model.safetensors", "metrics.jsonl",
                                                 "learning_curve.png", "config.json")
+BEST = "model_best.safetensors"
 
 
 class RunWriteError(UserError, OSError):
@@ -197,12 +198,13 @@ class RunDir:
         self.config_written = True
         return lambda: _restore_file(path, old)
 
-    def commit(self, row: dict, panels, state: dict, save_weights: Callable[[Path], None] | None = None) -> None:
-        """End an epoch: the metrics row, the curves, the weights (`save_weights(path)`, the final epoch
-        only), config.json (a resumed run that has not yet said what it goes on with), then the checkpoint
-        `state`. If one fails, the ones before are undone: the folder stays as the last checkpoint left it."""
-        metrics, curves, weights = self.file(METRICS), self.file(CURVES), self.file(WEIGHTS)
-        prev = weights.with_name(f".{WEIGHTS}.prev")
+    def commit(self, row: dict, panels, state: dict, save_weights: Callable[[Path], None] | None = None,
+               save_best: Callable[[Path], None] | None = None) -> None:
+        """End an epoch: the metrics row, the curves, the best weights (`save_best(path)`, when this epoch is
+        the best), the weights (`save_weights(path)`, the final epoch only), config.json (a resumed run that has
+        not yet said what it goes on with), then the checkpoint `state`. If one fails, the ones before are
+        undone: the folder stays as the last checkpoint left it."""
+        metrics, curves = self.file(METRICS), self.file(CURVES)
         undo = []
         try:
             with self.writing(metrics, "metrics"):
@@ -212,8 +214,10 @@ class RunDir:
             with self.writing(curves, "learning curves"):
                 report.plot_curves(report.read_metrics(metrics), curves, panels)
             undo.append(lambda: _restore_file(curves, old_curves))
+            if save_best is not None:
+                undo.append(self._replace_weights(save_best, BEST))
             if save_weights is not None:
-                undo.append(self._replace_weights(save_weights))
+                undo.append(self._replace_weights(save_weights, WEIGHTS))
             if not self.config_written:
                 undo.append(self._write_config(state["config"]))
                 undo.append(lambda: setattr(self, "config_written", False))
@@ -225,14 +229,15 @@ class RunDir:
                 except OSError:
                     pass
             raise
-        prev.unlink(missing_ok=True)
+        for name in (WEIGHTS, BEST):
+            self.file(f".{name}.prev").unlink(missing_ok=True)
 
-    def _replace_weights(self, save_weights: Callable[[Path], None]) -> Callable[[], None]:
-        """Write the weights; weights exist already only when a run that stopped at schedule.max_steps goes
-        on: they are kept (a hard link, removed after the commit) until the checkpoint has committed the new
-        ones. Returns the undo."""
-        weights = self.file(WEIGHTS)
-        prev, had = weights.with_name(f".{WEIGHTS}.prev"), weights.is_file()
+    def _replace_weights(self, save_weights: Callable[[Path], None], name: str) -> Callable[[], None]:
+        """Write a weights file; the old one (the last best; the weights of a run that stopped at
+        schedule.max_steps and goes on) is kept (a hard link, removed after the commit) until the checkpoint
+        has committed the new one. Returns the undo."""
+        weights = self.file(name)
+        prev, had = weights.with_name(f".{name}.prev"), weights.is_file()
         try:
             if had:
                 with self.writing(prev, "weights"):

@@ -74,6 +74,7 @@ def ohem_cross_entropy(logits: torch.Tensor, y: torch.Tensor, thresh: float = OH
 class SegmentationTask(Task):
     NAME = "segmentation"
     SUMS = ("loss", "images", "pixel_errors", "pixels")
+    METRICS = ("val_miou", "val_pixel_acc", "train_loss", "train_pixel_acc")
     PANELS = (Panel("train loss", "cross-entropy", (("train", "train_loss"),)),
               Panel("mIoU and pixel accuracy", "fraction", (("val mIoU", "val_miou"),
                                                             ("val pixel accuracy", "val_pixel_acc"),

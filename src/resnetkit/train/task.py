@@ -76,6 +76,7 @@ class Task:
 
     NAME = ""
     SUMS: tuple[str, ...] = ()
+    METRICS: tuple[str, ...] = ()  # the numbers of every evaluation row (what run.keep_best may name)
     PANELS: tuple[Panel, ...] = ()
 
     def __init__(self, cfg: TrainConfig, data: TaskData, device: torch.device):

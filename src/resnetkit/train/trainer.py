@@ -31,7 +31,6 @@ from contextlib import nullcontext
 import torch
 from tqdm import tqdm
 
-from resnetkit._helpers import load_state_dict_strict
 from resnetkit.data.loader import derived_generator, epoch_batches, shard, steps_per_epoch
 from resnetkit.errors import CheckpointError, UserError
 from resnetkit.train import checkpoint, distributed
@@ -39,8 +38,9 @@ from resnetkit.train.config import TrainConfig
 from resnetkit.train.evaluate import autocast
 from resnetkit.train.optim import EMA, build_optimizer
 from resnetkit.train.prepare import PreparedRun, prepare
-from resnetkit.train.rundir import CHECKPOINT, WEIGHTS, RunDir
+from resnetkit.train.rundir import BEST, CHECKPOINT, WEIGHTS, RunDir
 from resnetkit.train.schedule import BudgetPlanner, lr_at
+from resnetkit.train.selection import Selection
 from resnetkit.weights import save_weights
 
 log = logging.getLogger("resnetkit.train")
@@ -67,6 +67,7 @@ class Trainer:
         self.epoch_sums = torch.zeros(len(self.task.SUMS), dtype=torch.float64)
         self.epoch_seconds = 0.0
         self.total = self._initial_total()  # the schedule's length; the learning rates follow it
+        self.selection = Selection.for_config(cfg)  # run.keep_best / run.early_stop, kept in the checkpoint
         self.planner = None
         if run.state is not None:
             self._restore(run.state)
@@ -113,46 +114,10 @@ class Trainer:
                      self.epoch + 1, self.batch_in_epoch)
 
     def _load_state(self, state: dict) -> None:
-        path = self.run_dir.file(CHECKPOINT)
-        counts, sums = checkpoint.counters(state, path, self.spe, self.epoch_sums.shape, self.cfg.task)
-        self.task.load_state_dict(state["task"])
-        try:
-            load_state_dict_strict(self.model, state["model"], source="the checkpoint")
-        except CheckpointError as e:
-            raise CheckpointError(f"{path}: its model does not fit its saved config ({e})") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            load_state_dict_strict(self.ema.module, state["ema"], source=f"{path} (ema)")
-        self.step, self.total = counts["step"], counts["total_steps"]
-        self.epoch, self.batch_in_epoch = counts["epoch"], counts["batch_in_epoch"]
-        # The saved sums are over all processes: rank 0 carries them on, the others start from zero.
-        if self.d.main:
-            self.epoch_sums = sums.to(torch.float64)
-        self.epoch_seconds = float(state["epoch_seconds"])
-        checkpoint.set_rng_state(state["rng"])
-
-    # -- state -------------------------------------------------------------------------------
+        checkpoint.restore(self, state, self.run_dir.file(CHECKPOINT))
 
     def state_dict(self) -> dict:
-        return {
-            "version": checkpoint.VERSION,
-            "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),  # fp16's loss scale ({} when off)
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "task": self.task.state_dict(),
-            "step": self.step,
-            "total_steps": self.total,
-            "epoch": self.epoch,  # epochs completed
-            "batch_in_epoch": self.batch_in_epoch,  # batches of the current epoch already trained
-            "epoch_sums": self.epoch_sums,  # this rank's; save_checkpoint stores the sum over all ranks
-            "epoch_seconds": self.epoch_seconds,
-            "rng": checkpoint.rng_state(),
-            "torch_version": str(torch.__version__),
-        }
+        return checkpoint.trainer_state(self)
 
     def global_epoch_sums(self) -> torch.Tensor:
         """This epoch's sums over all processes (every rank calls this)."""
@@ -188,6 +153,9 @@ class Trainer:
                 loss = task.loss(out, y)
                 self.scaler.scale(loss / accum).backward()  # fp16 only scales; otherwise the loss as is
             sums += task.batch_sums(out.detach(), y, loss.detach())
+        if cfg.optim.clip_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)  # fp16: clip the true gradients
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
         self.scaler.step(self.optimizer)  # fp16: skips a step whose gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -275,11 +243,13 @@ class Trainer:
         for h in self.hooks:
             if hasattr(h, "on_epoch_end"):
                 row = h.on_epoch_end(self, row)
+        best = self.selection.update(row)
         sums = self.global_epoch_sums()
         if self.d.main:
-            final = self.step >= self.stop_at
+            final = self.step >= self.stop_at or self.selection.stopped
             self.run_dir.commit(row, self.task.PANELS, {**self.state_dict(), "epoch_sums": sums},
-                                (lambda path: self._save_weights(path, row)) if final else None)
+                                (lambda path: self._save_weights(path, row)) if final else None,
+                                (lambda path: self._save_weights(path, row, self.selection.card())) if best else None)
             log.info("epoch %d step %d/%d | %s | lr %.4g | %.0f img/s | %.0f s", self.epoch, self.step, self.stop_at,
                      self.task.summary(row), row["lr"], row["img_s"], row["time_s"])
         return row
@@ -299,7 +269,7 @@ class Trainer:
             show = self.d.main and sys.stderr.isatty()
             row = None
             with tqdm(total=self.stop_at, initial=self.step, disable=not show, unit="step", leave=False) as bar:
-                while self.step < self.stop_at:
+                while self.step < self.stop_at and not self.selection.stopped:
                     metrics = self.run_epoch(bar)
                     if metrics is None:
                         return self._interrupted()
@@ -324,18 +294,23 @@ class Trainer:
                         signal.Signals(signum).name, self.step, self.run_dir.file(CHECKPOINT))
         return {"interrupted": True, "exit_code": 128 + signum, "step": self.step, "run_dir": str(self.run_dir.path)}
 
-    def _save_weights(self, path, row: dict) -> None:
-        """The weights file (rank 0) with the task's card, the step count and the config."""
+    def _save_weights(self, path, row: dict, best: dict | None = None) -> None:
+        """A weights file (rank 0) with the task's card, the step count and the config (and for
+        model_best.safetensors which evaluation it was best at)."""
         save_weights(self.eval_model(), path, **self.task.card(row),
                      source=f"resnetkit.train ({self.cfg.task}) -> {self.run_dir.path}",
                      extra={"steps": self.step, "wall_s": row["time_s"], "train_config": self.cfg.to_dict(),
-                            "command": " ".join(sys.argv)})
+                            "command": " ".join(sys.argv), **({"best": best} if best else {})})
 
     def finish(self, row: dict) -> dict:
         """The summary of a run that reached its end (its weights were written with the last checkpoint)."""
         if self.d.main:
             log.info("done: %s after %d steps in %.0f s; weights %s", self.task.final_summary(row), self.step,
                      row["time_s"], self.run_dir.file(WEIGHTS))
+            if self.selection.best is not None:
+                log.info("best %s %.4g at epoch %d (step %d): %s%s", self.selection.metric, self.selection.best,
+                         self.selection.best_epoch, self.selection.best_step, self.run_dir.file(BEST),
+                         "; stopped early" if self.selection.stopped else "")
         return {"interrupted": False, "exit_code": 0, "step": self.step, "run_dir": str(self.run_dir.path), **row}
 
 

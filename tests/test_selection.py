@@ -1,0 +1,97 @@
+"""Keeping the best epoch and stopping early (run.keep_best, run.early_stop) through the CLI and the Python API,
+with their state in the checkpoint: a run killed and resumed keeps the same best file and stops at the same
+step as one that never stopped; and gradient clipping (optim.clip_grad_norm)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resnetkit.cli import main
+from resnetkit.train import Trainer, resolve
+from resnetkit.weights import read_card
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+# digits with the last 300 training images as the validation split; lr high enough that the error wobbles
+FLAGS = ["--data", "digits", "--model", "resnet20", "--batch-size", "64", "--lr", "0.4", "--amp", "none",
+         "--no-channels-last", "--threads", "1", "--set", "data.holdout=300", "--set", "data.subset=512"]
+
+
+def _rows(run):
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_keep_best_and_early_stop_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", *FLAGS, "--epochs", "12", "--set", "run.early_stop=2", "--out", str(run)]) == 0
+    rows = _rows(run)
+    errs = [r["test_err"] for r in rows]
+    best = min(range(len(errs)), key=lambda i: (errs[i], i))  # the first of equal minima is kept
+    card = read_card(run / "model_best.safetensors")
+    assert card.extra["best"] == {"metric": "test_err", "value": errs[best], "epoch": rows[best]["epoch"],
+                                  "step": rows[best]["step"]}
+    assert card.metrics["test_top1_err"] == errs[best]
+    # stopped after two evaluations without improvement, or ran to the end
+    assert len(rows) == 12 or (len(rows) == best + 3 and all(e >= errs[best] for e in errs[best + 1:]))
+    assert (run / "model.safetensors").is_file()
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["run"]["keep_best"] == "test_err"  # auto, resolved: a validation split (data.holdout)
+
+
+def test_keep_best_auto_is_off_on_the_test_split_and_early_stop_says_why(tmp_path, capsys):
+    assert main(["train", "--data", "digits", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "a")]) == 0
+    assert not (tmp_path / "a" / "model_best.safetensors").exists()
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["run"]["keep_best"] == "none"
+    capsys.readouterr()
+    assert main(["train", "--data", "digits", "--epochs", "1", "--set", "run.early_stop=2", "--out",
+                 str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--set run.early_stop=2" in err and "data.holdout" in err
+    assert main(["train", *FLAGS, "--epochs", "1", "--set", "run.keep_best=test_acc", "--out",
+                 str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "run.keep_best=test_acc" in err and "test_err" in err and len(err.splitlines()) == 1
+
+
+class StopAt:
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, trainer):
+        if trainer.step == self.step:
+            trainer.request_stop()
+
+
+def test_a_resumed_run_keeps_the_same_best_and_stops_at_the_same_step(tmp_path):
+    def cfg(out):
+        return resolve(None, ["data.holdout=300", "data.subset=512", "run.early_stop=1", "optim.clip_grad_norm=1.0"],
+                       {"data.name": "digits", "model.arch": "resnet20", "data.batch_size": 64, "optim.lr": 0.4,
+                        "schedule.epochs": 10, "run.amp": "none", "run.channels_last": False, "run.threads": 1,
+                        "run.out": str(out)})
+    whole = Trainer(cfg(tmp_path / "a")).fit()
+    cut = Trainer(cfg(tmp_path / "b"), hooks=[StopAt(11)]).fit()  # mid-epoch 3 (7 steps per epoch)
+    assert cut["interrupted"]
+    rest = Trainer(cfg(tmp_path / "b"), resume=True).fit()
+    assert rest["step"] == whole["step"] and _rows(tmp_path / "a") == [
+        {**r, "time_s": a["time_s"], "img_s": a["img_s"]} for r, a in zip(_rows(tmp_path / "b"), _rows(tmp_path / "a"))]
+    for name in ("model_best.safetensors", "model.safetensors"):
+        a, b = load_file(tmp_path / "a" / name), load_file(tmp_path / "b" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_card(tmp_path / "a" / "model_best.safetensors").extra["best"] == \
+        read_card(tmp_path / "b" / "model_best.safetensors").extra["best"]
+    if whole["step"] < 70:  # it stopped early: resuming it again says so
+        assert main(["train", "--out", str(tmp_path / "a"), "--resume"]) == 2
+
+
+def test_selection_rule():
+    """Lower is better for *_err / *_loss, higher for the rest; ties and NaN are no improvement."""
+    from resnetkit.train.selection import Selection
+
+    s = Selection("test_err", patience=2)
+    seen = [s.update({"epoch": e, "step": 10 * e, "test_err": v}) for e, v in
+            enumerate([0.5, 0.4, 0.4, float("nan")], 1)]
+    assert seen == [True, True, False, False] and (s.best, s.best_epoch, s.since, s.stopped) == (0.4, 2, 2, True)
+    m = Selection("val_miou")
+    assert [m.update({"epoch": e, "step": e, "val_miou": v}) for e, v in enumerate([0.1, 0.3, 0.2], 1)] == \
+        [True, True, False] and m.best == 0.3 and not m.stopped
