@@ -95,3 +95,49 @@ def test_selection_rule():
     m = Selection("val_miou")
     assert [m.update({"epoch": e, "step": e, "val_miou": v}) for e, v in enumerate([0.1, 0.3, 0.2], 1)] == \
         [True, True, False] and m.best == 0.3 and not m.stopped
+
+
+def test_class_weights_auto_and_from_a_file(tmp_path, capsys):
+    """--class-weights auto: N / (K n_k) over the training labels, in the loss and in the checkpoint's task
+    state; a file gives them as they are; a wrong file is one line."""
+    from resnetkit.train import prepare
+
+    cfg = resolve(flags={"data.name": "digits", "data.subset": 300, "schedule.steps": 1, "data.batch_size": 32,
+                         "data.class_weights": "auto", "run.out": str(tmp_path / "w"), "run.amp": "none",
+                         "run.channels_last": False})
+    task = prepare(cfg).task
+    counts = torch.bincount(task.train_set.labels, minlength=10).double()
+    assert torch.allclose(task.class_weights.double(), 300 / (10 * counts), rtol=1e-6)
+    assert (task.class_weights * counts.float()).sum() == pytest.approx(300, rel=1e-5)  # mean 1 per image
+    assert task.state_dict()["class_weights"] == task.class_weights.tolist()
+    f = tmp_path / "w.json"
+    f.write_text(json.dumps([1.0] * 9 + [5.0]))
+    task = prepare(resolve(flags={**{k: v for k, v in [("data.name", "digits"), ("schedule.steps", 1)]},
+                                  "data.class_weights": str(f), "run.out": str(tmp_path / "f")})).task
+    assert task.class_weights.tolist() == [1.0] * 9 + [5.0]
+    f.write_text("[1, 2]")
+    assert main(["train", "--data", "digits", "--epochs", "1", "--class-weights", str(f), "--out",
+                 str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--class-weights {f}" in err and "10 positive numbers" in err and len(err.splitlines()) == 1
+    assert main(["train", *FLAGS, "--epochs", "1", "--class-weights", "auto", "--keep-best", "test_loss",
+                 "--out", str(tmp_path / "h")]) == 0
+    assert read_card(tmp_path / "h" / "model_best.safetensors").extra["best"]["metric"] == "test_loss"
+
+
+def test_ema_warms_up_from_the_model_not_the_initialisation():
+    """optim.ema_warmup (default on): decay min(d, 1 - (1+t)^(-2/3)), 0 at the first update, so the average
+    starts at the trained weights; off: the plain decay from the start."""
+    from resnetkit.train.optim import EMA
+
+    m = torch.nn.Linear(3, 2)
+    ema = EMA(m, 0.999, warmup=True)
+    assert ema.decay_at(0) == 0 and ema.decay_at(10) == pytest.approx(1 - 11 ** (-2 / 3))
+    assert ema.decay_at(10**7) == 0.999
+    with torch.no_grad():
+        m.weight.add_(1.0)
+    ema.update(m, step=0)
+    assert torch.equal(ema.module.weight, m.weight)
+    plain = EMA(torch.nn.Linear(3, 2), 0.999)
+    assert plain.decay_at(0) == 0.999
+    assert resolve(flags={"schedule.steps": 1}).optim.ema_warmup is True

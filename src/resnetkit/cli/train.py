@@ -89,7 +89,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd (optim.name)")
     p.add_argument("--recipe", metavar="NAME", help="start from a shipped recipe (`resnetkit recipes` lists them); "
                                                     "--config, flags and --set override it, in that order")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--keep-best", metavar="METRIC", help="keep model_best.safetensors by this evaluation metric "
+                   "(test_err, test_loss, val_miou, ...; default auto: on a validation split only; none; "
+                   "run.keep_best)")
+    p.add_argument("--early-stop", type=int, metavar="N",
+                   help="stop after N evaluations without improvement of --keep-best (run.early_stop)")
+    p.add_argument("--clip-grad-norm", type=float, metavar="X", help="clip the gradients' global L2 norm to X "
+                                                                    "(optim.clip_grad_norm)")
+    p.add_argument("--class-weights", metavar="auto|none|FILE", help="classification: per-class loss weights, auto "
+                   "= inverse frequency N/(K n_k), or a JSON list (data.class_weights)")
+    p.add_argument("--dry-run", action="store_true", help="prepare the run (data read, automatic choices made), print "
+                   "the resolved config and the automatic choices with their reasons as JSON, and exit")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-repeatable runs and resumes)")
@@ -138,10 +148,12 @@ FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out"
          "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
          "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
          "threads": "run.threads", "head_lr_mult": "optim.head_lr_mult", "optimizer": "optim.name",
+         "keep_best": "run.keep_best", "early_stop": "run.early_stop", "clip_grad_norm": "optim.clip_grad_norm",
          "model": "model", "data": "data", "init": "init",
          # classification
          "data_dir": "data.data_dir", "strict": "data.strict", "freeze_stages": "model.freeze_stages",
          "val": "data.val_path", "stream": "data.stream", "workers": "data.workers",
+         "class_weights": "data.class_weights",
          # segmentation
          "head": "model.head", "output_stride": "model.output_stride", "backbone_weights": "model.backbone_weights",
          "freeze_bn": "model.freeze_bn", "crop_size": "data.crop_size", "min_scale": "data.min_scale",

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,9 @@ class ClassificationTask(Task):
         self.mix = MixAugment(c.mixup_alpha, c.cutmix_alpha, t.num_classes)
         self.auto_pad: int | None = None  # data.pad unset: what on_plan chose
         self.mean, self.std = torch.tensor(t.mean, device=device), torch.tensor(t.std, device=device)
+        self.class_weights = class_weights(c.class_weights, t)
+        if self.class_weights is not None:
+            self.class_weights = self.class_weights.to(device)
 
     @classmethod
     def check_micro_batch(cls, cfg: TrainConfig, n: int) -> None:
@@ -195,13 +200,17 @@ class ClassificationTask(Task):
         self.mean, self.std = torch.tensor(mean, device=self.device), torch.tensor(std, device=self.device)
 
     def state_dict(self) -> dict:
-        return {"mean": list(self.train_set.mean), "std": list(self.train_set.std), "auto_pad": self.auto_pad}
+        w = self.class_weights
+        return {"mean": list(self.train_set.mean), "std": list(self.train_set.std), "auto_pad": self.auto_pad,
+                "class_weights": None if w is None else w.tolist()}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mean") is not None:  # checkpoints from before fine-tuning keep the data's own values
             self.set_normalization(state["mean"], state["std"])
         if state.get("auto_pad") is not None:  # the run's own decision (on_plan), not one remade from the resume
             self._set_auto_pad(int(state["auto_pad"]))
+        if state.get("class_weights") is not None:  # as the run began with them, even if the data changed since
+            self.class_weights = torch.tensor(state["class_weights"], device=self.device)
 
     def on_plan(self, total_steps: int, steps_per_epoch: int) -> None:
         """data.pad unset (in memory): decided once, when the schedule's length is first known (a budgeted run:
@@ -233,7 +242,8 @@ class ClassificationTask(Task):
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # y: class indices (B,), or soft targets (B, K) under MixUp/CutMix
-        return F.cross_entropy(out.float(), y, label_smoothing=self.cfg.optim.label_smoothing)
+        return F.cross_entropy(out.float(), y, weight=self.class_weights,
+                               label_smoothing=self.cfg.optim.label_smoothing)
 
     def batch_sums(self, out: torch.Tensor, y: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
         n = torch.tensor(len(y), dtype=torch.float64, device=y.device)
@@ -295,3 +305,35 @@ def _background(m, train) -> bool:
         return False
     k = m.kwargs.get("num_classes") if "num_classes" in m.kwargs else model_defaults(m.arch)["num_classes"]
     return k == 1001
+
+
+def class_weights(spec: str, train) -> torch.Tensor | None:
+    """data.class_weights as a (K,) float32 tensor: None for "none"; "auto": N / (K n_k) over the training
+    split's labels (a class without images gets the largest weight of the others); else a JSON file of K
+    positive numbers."""
+    k = train.num_classes
+    if spec == "none":
+        return None
+    if spec == "auto":
+        labels = getattr(train, "labels", None)
+        if labels is None:
+            raise config_error("data.class_weights=auto needs the training labels up front, which tar shards do not "
+                               "list; give a JSON file of one weight per class", ("data.class_weights",))
+        counts = torch.bincount(torch.as_tensor(labels).long(), minlength=k).double()
+        w = counts.sum() / (k * counts.clamp_min(1))
+        w[counts == 0] = w[counts > 0].max()
+        return w.float()
+    try:
+        values = json.loads(Path(spec).read_text())
+    except FileNotFoundError:
+        raise config_error(f"data.class_weights={spec}: no such file; give none, auto or a JSON list of {k} "
+                           "weights", ("data.class_weights",), cls=MissingFileError) from None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise config_error(f"data.class_weights={spec}: cannot read it as JSON ({e})", ("data.class_weights",)) \
+            from None
+    ok = isinstance(values, list) and len(values) == k and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 < v < 1e6 for v in values)
+    if not ok:
+        raise config_error(f"data.class_weights={spec}: give a JSON list of {k} positive numbers (one per class: "
+                           f"{', '.join(train.class_names[:5])}{', ...' if k > 5 else ''})", ("data.class_weights",))
+    return torch.tensor(values, dtype=torch.float32)

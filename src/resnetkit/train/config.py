@@ -52,6 +52,7 @@ class OptimConfig:
     wd_norm_and_bias: bool = False  # also decay BatchNorm weights and biases
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # 0 = no EMA of the weights
+    ema_warmup: bool = True  # the decay ramps up from 0 (timm's ModelEmaV3 warm-up; resnetkit.train.optim.EMA)
     grad_accum: int = 1  # split each global batch into this many sequential micro-batches
     clip_grad_norm: float = 0.0  # > 0: clip the gradients' global L2 norm to this (torchvision's --clip-grad-norm)
 
@@ -185,6 +186,9 @@ class ClassificationDataConfig(StreamOptions):
     cutout: int = 0
     mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha); 0 = off
     cutmix_alpha: float = 0.0  # CutMix's Beta(alpha, alpha); 0 = off
+    # Per-class weights of the loss, for imbalanced data: none; auto (inverse frequency in the training split,
+    # N / (K n_k), so the mean weight per image is 1); or a JSON file holding one number per class
+    class_weights: str = "none"
 
     def check(self, cfg: TrainConfig) -> None:
         """The data.* keys of classification, the image pipeline's (StreamOptions) among them."""
@@ -211,6 +215,7 @@ class ClassificationDataConfig(StreamOptions):
         _require(d.val_path is None or (d.val_path.strip() != "" and "\0" not in d.val_path),
                  f"data.val_path={_short(d.val_path)}: give a folder, or null", "data.val_path")
         _choice(cfg, "data.channels", (1, 3))
+        _plain_name(cfg, "data.class_weights", "none, auto or a JSON file of one weight per class")
 
 
 # -- segmentation ------------------------------------------------------------------------------------
@@ -352,7 +357,7 @@ SEG_HEADS = ("slim", "aspp", "deeplabv3plus")
 SEG_LOSSES = ("ce", "weighted", "ohem")
 OUTPUT_STRIDES = (4, 8, 16, 32)
 # string fields whose choices include "none"
-NONE_IS_A_WORD = ("run.amp", "data.auto_augment", "data.eval_tta", "run.keep_best")
+NONE_IS_A_WORD = ("run.amp", "data.auto_augment", "data.eval_tta", "run.keep_best", "data.class_weights")
 
 # Upper bounds that only stop a typo from asking for years of training or terabytes of memory.
 MAX_STEPS = 10**9

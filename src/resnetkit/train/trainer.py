@@ -59,7 +59,7 @@ class Trainer:
         self.run_dir = RunDir(cfg.run.out, resumed=run.resumed)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.d.device.type, enabled=cfg.run.amp == "fp16")
-        self.ema = EMA(self.model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+        self.ema = EMA(self.model, cfg.optim.ema_decay, cfg.optim.ema_warmup) if cfg.optim.ema_decay > 0 else None
         self.spe = steps_per_epoch(len(self.task.train_set), cfg.data.batch_size)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         # This epoch's training sums (task.SUMS, over all processes at a checkpoint) and seconds, saved so a
@@ -160,7 +160,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, self.step)
         self.step += 1
         return sums
 
