@@ -132,7 +132,7 @@ def test_dry_run_prints_the_automatic_choices_and_why(tmp_path, capsys):
     # what was given is not automatic
     assert main(["train", "--data", "digits", "--epochs", "1", "--amp", "none", "--no-channels-last", "--out",
                  str(out), "--dry-run"]) == 0
-    assert set(json.loads(capsys.readouterr().out)["automatic"]) == {"data.stream"}
+    assert set(json.loads(capsys.readouterr().out)["automatic"]) == {"data.stream", "run.keep_best"}
 
 
 def test_a_prepared_run_is_what_the_trainer_trains(tmp_path):

@@ -141,3 +141,22 @@ def test_ema_warms_up_from_the_model_not_the_initialisation():
     plain = EMA(torch.nn.Linear(3, 2), 0.999)
     assert plain.decay_at(0) == 0.999
     assert resolve(flags={"schedule.steps": 1}).optim.ema_warmup is True
+
+
+def test_the_step_log_and_its_curve_survive_a_resume(tmp_path):
+    """steps.jsonl gets a row every run.log_every steps, written with each commit or checkpoint (never a step the
+    checkpoint does not hold); a resumed run cuts it back to its checkpoint and goes on, so the steps are
+    each logged once; the learning curve draws them."""
+    def cfg(out):
+        return resolve(None, ["run.log_every=2"], {"data.name": "digits", "model.arch": "resnet20",
+                                                   "data.subset": 256, "data.batch_size": 32, "schedule.epochs": 2,
+                                                   "run.amp": "none", "run.channels_last": False,
+                                                   "run.out": str(out)})
+    Trainer(cfg(tmp_path / "b"), hooks=[StopAt(5)]).fit()  # mid-epoch 1; the rows of steps 2 and 4 are written
+    steps = [json.loads(x) for x in (tmp_path / "b" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [2, 4]
+    Trainer(cfg(tmp_path / "b"), resume=True).fit()
+    steps = [json.loads(x) for x in (tmp_path / "b" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(2, 17, 2))
+    assert steps[3]["epoch"] == 1.0 and all(s["train_loss"] > 0 and s["lr"] >= 0 for s in steps)
+    assert (tmp_path / "b" / "learning_curve.png").stat().st_size > 10_000

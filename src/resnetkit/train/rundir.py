@@ -28,7 +28,7 @@ from resnetkit.train.checkpoint import atomic_torch_save
 MARKER = ".resnetkit-run"
 CHECKPOINT, WEIGHTS, METRICS, CURVES, CONFIG = ("checkpoint.pt", "model.safetensors", "metrics.jsonl",
                                                 "learning_curve.png", "config.json")
-BEST = "model_best.safetensors"
+BEST, STEPS = "model_best.safetensors", "steps.jsonl"
 
 
 class RunWriteError(UserError, OSError):
@@ -150,6 +150,7 @@ class RunDir:
         self.saved_step = saved_step  # the step of the checkpoint on disk, once there is one
         self.created: list[Path] = []  # folders this run made (removed again by discard)
         self.config_written = False  # config.json says what this process trains
+        self.pending: list[dict] = []  # steps.jsonl rows logged since the last write
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -174,9 +175,10 @@ class RunDir:
             raise RunWriteError(e.errno, f"{path}: cannot write the {what}: {e.strerror or e}{code}; {kept}",
                                 str(path)) from None
 
-    def open(self, config: dict, task: str, epoch: int) -> None:
+    def open(self, config: dict, task: str, epoch: int, step: int = 0) -> None:
         """Before training: a new run gets its folder, the marker (first) and config.json; a resumed one has
-        metrics.jsonl cut back to its checkpoint's `epoch` (a torn last line dropped)."""
+        metrics.jsonl cut back to its checkpoint's `epoch` and steps.jsonl to its `step` (a torn last line
+        dropped)."""
         if not self.file(MARKER).is_file():
             with self.writing(self.path, "run directory"):
                 if not self.resumed:
@@ -186,6 +188,8 @@ class RunDir:
         if self.resumed:  # config.json is rewritten with the resumed run's first checkpoint
             with self.writing(self.file(METRICS), "metrics"):
                 report.truncate_metrics(self.file(METRICS), epoch)
+            with self.writing(self.file(STEPS), "step log"):
+                report.truncate_metrics(self.file(STEPS), step, key="step")
         else:
             self._write_config(config)
 
@@ -197,6 +201,17 @@ class RunDir:
             atomic_write_json(path, config)
         self.config_written = True
         return lambda: _restore_file(path, old)
+
+    def log_step(self, row: dict) -> None:
+        """A steps.jsonl row (step, fractional epoch, train_loss, lr, img_s), written with the next commit or
+        checkpoint: the file never holds steps the checkpoint on disk does not."""
+        self.pending.append(row)
+
+    def _write_steps(self) -> Callable[[], None]:
+        path = self.file(STEPS)
+        with self.writing(path, "step log"):
+            size = report.append_metrics(path, self.pending) if self.pending else None
+        return (lambda: os.truncate(path, size)) if size is not None else (lambda: None)
 
     def commit(self, row: dict, panels, state: dict, save_weights: Callable[[Path], None] | None = None,
                save_best: Callable[[Path], None] | None = None) -> None:
@@ -210,9 +225,11 @@ class RunDir:
             with self.writing(metrics, "metrics"):
                 size = report.append_metrics(metrics, row)
             undo.append(lambda: os.truncate(metrics, size))
+            undo.append(self._write_steps())
             old_curves = curves.read_bytes() if curves.is_file() else None
             with self.writing(curves, "learning curves"):
-                report.plot_curves(report.read_metrics(metrics), curves, panels)
+                report.plot_curves(report.read_metrics(metrics), curves, panels,
+                                   report.read_metrics(self.file(STEPS), key="step"))
             undo.append(lambda: _restore_file(curves, old_curves))
             if save_best is not None:
                 undo.append(self._replace_weights(save_best, BEST))
@@ -221,7 +238,7 @@ class RunDir:
             if not self.config_written:
                 undo.append(self._write_config(state["config"]))
                 undo.append(lambda: setattr(self, "config_written", False))
-            self.write_checkpoint(state)
+            self.write_checkpoint(state, steps_written=True)
         except BaseException:
             for u in reversed(undo):
                 try:
@@ -249,13 +266,25 @@ class RunDir:
             raise
         return lambda: os.replace(prev, weights) if had else weights.unlink(missing_ok=True)
 
-    def write_checkpoint(self, state: dict) -> None:
-        """The checkpoint alone (an interrupted run; the last write of `commit`)."""
-        if not self.config_written:  # a resumed run stopped before its first epoch ended
-            self._write_config(state["config"])
-        with self.writing(self.file(CHECKPOINT), "checkpoint"):
-            atomic_torch_save(state, self.file(CHECKPOINT))
-        self.saved_step = state["step"]
+    def write_checkpoint(self, state: dict, steps_written: bool = False) -> None:
+        """The checkpoint (an interrupted run: with the steps logged since the last commit; the last write of
+        `commit`)."""
+        undo = []
+        try:
+            if not steps_written:
+                undo.append(self._write_steps())
+            if not self.config_written:  # a resumed run stopped before its first epoch ended
+                undo.append(self._write_config(state["config"]))
+            with self.writing(self.file(CHECKPOINT), "checkpoint"):
+                atomic_torch_save(state, self.file(CHECKPOINT))
+        except BaseException:
+            for u in reversed(undo):
+                try:
+                    u()
+                except OSError:
+                    pass
+            raise
+        self.saved_step, self.pending = state["step"], []
 
     def discard_if_new(self) -> None:
         """A new run that never checkpointed leaves nothing behind."""

@@ -193,12 +193,14 @@ class Trainer:
             self.epoch_sums, self.epoch_seconds = torch.zeros_like(self.epoch_sums), 0.0
         sums = self.epoch_sums.to(self.d.device).clone()  # this rank's, carried over from a mid-epoch resume
         t0, before = self.clock(), self.epoch_seconds
+        window = torch.zeros_like(sums)  # the steps since the last logged one
         self.task.begin_epoch(self.epoch, self.batch_in_epoch, self.d)
         for i, idx in epoch_batches(len(self.task.train_set), cfg.data.batch_size, cfg.run.seed, self.epoch,
                                     self.batch_in_epoch):
             if self.step >= self.stop_at:
                 break
-            sums += self.train_step(i, idx)
+            step_sums = self.train_step(i, idx)
+            sums, window = sums + step_sums, window + step_sums
             self.batch_in_epoch = i + 1
             if self.planner is not None:
                 self.total = self.planner.after_step(self.step, self.total)
@@ -212,8 +214,14 @@ class Trainer:
             if self.step % cfg.run.log_every == 0:
                 self._check_finite(sums)
                 rate = self.batch_in_epoch * cfg.data.batch_size / max(1e-9, before + self.clock() - t0)
-                bar.set_postfix(**self.task.progress(sums), lr=f"{self.optimizer.param_groups[0]['lr']:.4f}",
-                                img_s=f"{rate:.0f}")
+                lr = self.optimizer.param_groups[0]["lr"]
+                bar.set_postfix(**self.task.progress(sums), lr=f"{lr:.4f}", img_s=f"{rate:.0f}")
+                if self.d.main:  # this rank's loss over the window: steps.jsonl, the per-step curve
+                    self.run_dir.log_step({"step": self.step, "epoch": round(self.epoch + self.batch_in_epoch /
+                                                                             self.spe, 4),
+                                           "train_loss": self.task.train_metrics(window.cpu())["train_loss"],
+                                           "lr": lr, "img_s": rate})
+                window.zero_()
             if self._stop_requested():
                 self.epoch_sums, self.epoch_seconds = sums.cpu(), before + self.clock() - t0
                 return None
@@ -260,7 +268,7 @@ class Trainer:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             if self.d.main:
-                self.run_dir.open(self.cfg.to_dict(), self.cfg.task, self.epoch)
+                self.run_dir.open(self.cfg.to_dict(), self.cfg.task, self.epoch, self.step)
                 log.info("training %s, %d steps/epoch, %d steps, device %s x%d -> %s", self.task.describe(),
                          self.spe, self.stop_at, self.d.device, self.d.world, self.run_dir.path)
             for h in self.hooks:
