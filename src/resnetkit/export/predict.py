@@ -70,7 +70,8 @@ class _Images(Dataset):
             return torch.zeros(self.pre.channels, *self.pre.size), False
 
 
-def _rows(probs: torch.Tensor, names: list[str], top_k: int) -> list[list[dict]]:
+def top_k_rows(probs: torch.Tensor, names: list[str], top_k: int) -> list[list[dict]]:
+    """(N, K) probabilities -> per image, its `top_k` best as [{"class", "index", "prob"}, ...]."""
     top_p, top_i = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [[{"class": names[c], "index": c, "prob": p} for p, c in zip(ps, ix)]
             for ps, ix in zip(top_p.tolist(), top_i.tolist())]
@@ -98,7 +99,8 @@ def predict(model: nn.Module | str | os.PathLike, images: list, *, top_k: int = 
     run = make_backend(backend, model, example=x[:2], calib=x, n_images=len(x), batch_size=len(x))
     probs = with_tta(run, tta)(x).float().softmax(dim=1)
     names = _class_names(model, probs.shape[1])
-    return [{"image": name, "predictions": preds} for (name, _), preds in zip(items, _rows(probs, names, top_k))]
+    rows = top_k_rows(probs, names, top_k)
+    return [{"image": name, "predictions": preds} for (name, _), preds in zip(items, rows)]
 
 
 @torch.no_grad()
@@ -134,7 +136,7 @@ def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.P
         bar = tqdm(total=len(files), unit="img", disable=not progress, desc="predict")
         for x, ok in loader:
             probs = run(x).float().softmax(dim=1)
-            for preds, good in zip(_rows(probs, _class_names(model, probs.shape[1]), top_k), ok.tolist()):
+            for preds, good in zip(top_k_rows(probs, _class_names(model, probs.shape[1]), top_k), ok.tolist()):
                 image = str(files[i])
                 i += 1
                 if not good:

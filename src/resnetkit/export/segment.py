@@ -126,7 +126,11 @@ def segment(model: nn.Module | str | os.PathLike, images: list[str | os.PathLike
         mask = predict_logits(run, normalize_one(im, mean, std)[None]).argmax(1)[0].to(torch.uint8).numpy()
         atomic_save_image(palette_png(mask), paths["mask"])
         atomic_save_image(Image.fromarray(overlay(im.permute(1, 2, 0).numpy(), mask, alpha)), paths["overlay"])
-        counts = np.bincount(mask.ravel(), minlength=len(names))
-        rows.append({"image": str(f), **{k: str(v) for k, v in paths.items()},
-                     "fractions": {names[k]: int(c) / mask.size for k, c in enumerate(counts) if c}})
+        rows.append({"image": str(f), **{k: str(v) for k, v in paths.items()}, "fractions": class_shares(mask, names)})
     return rows
+
+
+def class_shares(mask: np.ndarray, names: list[str]) -> dict[str, float]:
+    """{class name: share of the mask's pixels} for the classes present, in class order."""
+    counts = np.bincount(mask.ravel(), minlength=len(names))
+    return {names[k]: int(c) / mask.size for k, c in enumerate(counts) if c}
