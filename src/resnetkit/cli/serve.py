@@ -46,6 +46,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_images=args.max_images,
                          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
                          workers=args.workers, token=resolve_token(args.token), allow_nonfinite=args.allow_nonfinite)
-    print(f"resnetkit serve: {args.weights} on http://{args.host}:{args.port}/ (API docs at /docs); "
-          "Ctrl-C or SIGTERM drains and stops", flush=True)
-    return run(config, host=args.host, port=args.port)
+    return run(config, host=args.host, port=args.port, on_start=lambda url: print(
+        f"resnetkit serve: {args.weights} at {url} (API docs at {url}docs); Ctrl-C or SIGTERM drains and stops",
+        flush=True))

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -473,14 +474,24 @@ def check_bind(host: str, token: str | None) -> None:
                           "127.0.0.1")
 
 
-def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> int:
+def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info",
+        on_start: Callable[[str], None] | None = None) -> int:
     """Serve `config` with uvicorn until SIGINT/SIGTERM; then stop accepting, finish every request already
-    accepted, and return 0."""
+    accepted, and return 0. `on_start(url)` is called once the weights are loaded, before binding."""
     import uvicorn
 
     check_bind(host, config.token)
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+    if on_start is not None:
+        on_start(f"http://{host}:{port}/")
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            # uvicorn re-raises the signal once drained (so the process would die of SIGTERM, status -15); a
+            # drained stop is a normal end here: exit 0.
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                                            timeout_graceful_shutdown=None, lifespan="on"))
     server.run()
     return 0 if server.started else 1
