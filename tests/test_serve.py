@@ -3,6 +3,7 @@
 the token rule, SIGTERM draining, and the page in Chromium (selenium)."""
 
 import base64
+import dataclasses
 import io
 import json
 import os
@@ -50,6 +51,9 @@ def files(tmp_path_factory):
         images[f"im{i}.png"] = _png(a)
         (root / f"im{i}.png").write_bytes(images[f"im{i}.png"])
     return {"cls": save_weights(cls, root / "cls.safetensors", class_names=CLASSES, preprocessing=pre),
+            # the same network fed 256x256 inputs: slow enough per call (~0.3 s) to hold requests in flight
+            "slow": save_weights(cls, root / "slow.safetensors", class_names=CLASSES,
+                                 preprocessing=dataclasses.replace(pre, size=(256, 256))),
             "seg": save_weights(seg, root / "seg.safetensors", class_names=SEG_CLASSES,
                                 preprocessing=Preprocessing(mean=(0.45,) * 3, std=(0.25,) * 3)),
             "root": root, "images": images}
@@ -67,19 +71,19 @@ TOKEN = "s3cret"
 def servers(files, tmp_path_factory):
     """Three servers, launched together (each spends seconds importing torch) and stopped at the end.
 
-    main:    the classifier, in an empty folder with an empty TMPDIR (to show it never writes a file);
+    main:    the classifier, in an empty folder with an empty TMPDIR (to show it never writes a file),
+             --timeout-s 4 for the slow-client test;
     seg:     the segmenter;
-    guarded: bound to 127.0.0.2, so it needs a token (from the environment), with a 1.5 s batch window,
-             --max-queue 8 and --timeout-s 3, for the queue, timeout and SIGTERM tests."""
+    guarded: bound to 127.0.0.2, so it needs a token (from the environment); a slow model (256x256 inputs)
+             and --max-queue 8, for the full-queue and SIGTERM tests."""
     home = tmp_path_factory.mktemp("server_cwd")
     (home / "tmp").mkdir()
     out = {"main": _serve(files["cls"], "--max-batch", "4", "--max-wait-ms", "20", "--max-images", "6",
-                          "--max-upload-mb", "1", "--max-pixels", "1000000", cwd=home,
+                          "--max-upload-mb", "1", "--max-pixels", "1000000", "--timeout-s", "4", cwd=home,
                           env={"TMPDIR": str(home / "tmp"), "RESNETKIT_CACHE": str(home / "cache")}),
            "seg": _serve(files["seg"]),
-           "guarded": _serve(files["cls"], "--max-queue", "8", "--max-batch", "64", "--max-wait-ms", "1500",
-                             "--timeout-s", "3", host="127.0.0.2", env={"RESNETKIT_SERVE_TOKEN": TOKEN},
-                             token=TOKEN)}
+           "guarded": _serve(files["slow"], "--max-queue", "8", "--max-batch", "4", host="127.0.0.2",
+                             env={"RESNETKIT_SERVE_TOKEN": TOKEN}, token=TOKEN)}
     out["main"].home = home
     for s in out.values():
         s.launch()
@@ -311,24 +315,22 @@ def test_another_address_needs_a_token(guarded, files, capsys, monkeypatch):
     assert anon.post_files("/v1/predict", [("a.png", files["images"]["im0.png"])]).status == 401
 
 
-def test_a_slow_client_gets_504_and_holds_nothing(guarded, files):
-    c = Client(guarded.url, token=TOKEN)
-    slow = socket.create_connection((guarded.host, guarded.port))
-    slow.sendall(f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                 "Content-Type: image/png\r\nContent-Length: 1000\r\n\r\n".encode())
-    slow.sendall(files["images"]["im0.png"][:10])  # and then nothing: past --timeout-s 3
-    r = c.post_files("/v1/predict", [("a.png", files["images"]["im0.png"])])  # served meanwhile
-    assert r.status == 200
-    slow.settimeout(15)
+def test_a_slow_client_gets_504_and_holds_nothing(server, files):
+    c = Client(server.url)
+    slow = socket.create_connection((server.host, server.port))
+    slow.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n")
+    slow.sendall(files["images"]["im0.png"][:10])  # and then nothing: past --timeout-s 4
+    assert c.post_files("/v1/predict", [("a.png", files["images"]["im0.png"])]).status == 200  # served meanwhile
+    slow.settimeout(20)
     reply = _raw_reply(slow)
     slow.close()
-    assert reply.startswith("HTTP/1.1 504") and "3 s (--timeout-s)" in reply
+    assert reply.startswith("HTTP/1.1 504") and "4 s (--timeout-s)" in reply
     assert _metric(c.get("/metrics").body.decode(), "resnetkit_images_in_flight") == 0
 
 
 def test_full_queue_503_then_sigterm_finishes_every_accepted_request(guarded, files):
-    """Eight requests wait in the 1.5 s batch window (--max-queue 8): a ninth finds the queue full. Then
-    SIGTERM: the eight are answered, new connections are refused, and the server exits 0."""
+    """Eight requests to a slow model fill --max-queue 8: a ninth finds the queue full. Then SIGTERM: the
+    eight are answered, new connections are refused, and the server exits 0."""
     data = files["images"]["im3.png"]
     replies, errors = [], []
 
@@ -343,7 +345,7 @@ def test_full_queue_503_then_sigterm_finishes_every_accepted_request(guarded, fi
         t.start()
     c = Client(guarded.url, token=TOKEN)
     deadline = time.monotonic() + 10
-    while _metric(c.get("/metrics").body.decode(), "resnetkit_images_in_flight") < 8:  # all 8 accepted and waiting
+    while _metric(c.get("/metrics").body.decode(), "resnetkit_images_in_flight") < 8:  # all 8 accepted
         assert time.monotonic() < deadline
         time.sleep(0.02)
     full = c.post_files("/v1/predict", [("b.png", data)])

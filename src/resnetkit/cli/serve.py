@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout-s", type=float, default=30.0, help="504 for a request not answered by then "
                                                                  "(default 30)")
     p.add_argument("--workers", type=int, default=2, help="threads that decode and preprocess uploads (default 2)")
+    p.add_argument("--threads", type=int, help="torch threads of the model (default: torch's own)")
     p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
     p.set_defaults(func=cmd_serve)
 
@@ -45,7 +46,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(args.weights, backend=args.backend, device=args.device, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_images=args.max_images,
                          max_upload_mb=args.max_upload_mb, max_pixels=args.max_pixels, timeout_s=args.timeout_s,
-                         workers=args.workers, token=resolve_token(args.token), allow_nonfinite=args.allow_nonfinite)
+                         workers=args.workers, threads=args.threads, token=resolve_token(args.token),
+                         allow_nonfinite=args.allow_nonfinite)
     return run(config, host=args.host, port=args.port, on_start=lambda url: print(
         f"resnetkit serve: {args.weights} at {url} (API docs at {url}docs); Ctrl-C or SIGTERM drains and stops",
         flush=True))

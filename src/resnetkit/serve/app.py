@@ -64,6 +64,7 @@ class ServeConfig:
     max_pixels: int = 40_000_000  # per decoded image; more is refused as a decompression bomb
     timeout_s: float = 30.0  # a request not answered by then gets 504
     workers: int = 2  # decoding / preprocessing threads
+    threads: int | None = None  # torch intra-op threads of the model (None: torch's default)
     token: str | None = None  # when set, every request needs `Authorization: Bearer TOKEN`
     allow_nonfinite: bool = False
 
@@ -75,6 +76,9 @@ class ServeConfig:
         for name in ("max_upload_mb", "timeout_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if not self.max_wait_ms >= 0:
             raise ConfigError(f"max_wait_ms must be >= 0, got {self.max_wait_ms!r}")
         if self.token is not None and not self.token.strip():
@@ -126,6 +130,7 @@ class _Engine:
         self.ready = threading.Event()
         self.build_error: str | None = None
         self.in_flight = 0
+        self.decoding = 0  # images accepted whose decoding has not finished: the batcher may wait for them
 
     # -- start-up ------------------------------------------------------------------------------------
     def build(self) -> None:
@@ -133,10 +138,12 @@ class _Engine:
         batch size and pads smaller ones), then a single image; runs on the model thread."""
         try:
             t0 = time.perf_counter()
+            if self.config.threads is not None:
+                torch.set_num_threads(self.config.threads)
             example = self._example(self.config.max_batch)
             calib = example if self.task == "classification" else [example[:1]]
             self.backend = make_backend(self.config.backend, self.model, example=example[:2], calib=calib,
-                                        batch_size=self.config.max_batch)
+                                        batch_size=self.config.max_batch, threads=self.config.threads)
             for n in (self.config.max_batch, 1):
                 self._run("classify" if self.task == "classification" else "segment", self._example(n))
             self.decision = dict(getattr(self.backend, "decision", None) or
@@ -200,7 +207,8 @@ class _Engine:
         c = self.card
         out = {"arch": c.arch, "task": self.task, "num_classes": len(self.names), "class_names": self.names,
                "preprocessing": c.preprocessing.to_dict(), "metrics": dict(c.metrics), "source": c.source,
-               "weights": self.weights_source, "device": str(self.device), "ready": self.ready.is_set(),
+               "weights": self.weights_source, "device": str(self.device), "threads": torch.get_num_threads(),
+               "ready": self.ready.is_set(),
                "backend": self.decision or None,
                "batching": {"max_batch": self.config.max_batch, "max_wait_ms": self.config.max_wait_ms,
                             "max_queue": self.config.max_queue},
@@ -237,7 +245,8 @@ def create_app(config: ServeConfig) -> FastAPI:
     metrics = _Metrics(config)
     engine = _Engine(config, metrics)
     batcher = Batcher(engine._run, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
-                      executor=engine.model_thread, on_batch=lambda op, n: metrics.batch.labels(op).observe(n))
+                      executor=engine.model_thread, on_batch=lambda op, n: metrics.batch.labels(op).observe(n),
+                      expecting=lambda: engine.decoding)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -274,7 +283,12 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     async def decoded(fn, images):
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(*(loop.run_in_executor(engine.decoders, fn, name, data) for name, data in images))
+        engine.decoding += len(images)
+        try:
+            return await asyncio.gather(*(loop.run_in_executor(engine.decoders, fn, name, data)
+                                          for name, data in images))
+        finally:
+            engine.decoding -= len(images)
 
     body_doc = {"requestBody": {"required": True, "content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {

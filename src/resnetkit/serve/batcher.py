@@ -4,8 +4,10 @@ made on the one thread that owns it (so the event loop never runs the model, and
 twice at once).
 
 While a batch runs, new images queue; the next batch takes them all (up to `max_batch`) at once, so
-under load batches fill without waiting. Images of different sizes (segmentation keeps each image's
-own size) or different operations are grouped, one call per group.
+under load batches fill without waiting. One departure from Triton: the window is only waited out while
+some accepted request is still being decoded (`expecting()` > 0), since no other image can join the
+batch otherwise; a lone request on an idle server does not pay `max_wait_s`. Images of different sizes
+(segmentation keeps each image's own size) or different operations are grouped, one call per group.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ class _Item:
 class Batcher:
     """`await submit(op, xs)` -> one result per tensor of `xs`, computed by `run(op, batch)` where `batch`
     is (B, ...) and `run` returns B results. `on_batch(op, size)` is told each call's size (metrics);
-    `depth()` is how many images wait."""
+    `depth()` is how many images wait; `expecting()` how many accepted images are still on their way
+    (being decoded)."""
 
     def __init__(self, run: Callable[[str, torch.Tensor], list[Any]], *, max_batch: int, max_wait_s: float,
-                 executor: ThreadPoolExecutor, on_batch: Callable[[str, int], None] = lambda op, n: None):
+                 executor: ThreadPoolExecutor, on_batch: Callable[[str, int], None] = lambda op, n: None,
+                 expecting: Callable[[], int] = lambda: 1):
         self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
-        self.executor, self.on_batch = executor, on_batch
+        self.executor, self.on_batch, self.expecting = executor, on_batch, expecting
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.task: asyncio.Task | None = None
 
@@ -69,7 +73,7 @@ class Batcher:
                 batch.append(self.queue.get_nowait())
                 continue
             left = deadline - time.perf_counter()
-            if left <= 0:
+            if left <= 0 or self.expecting() == 0:
                 break
             try:
                 batch.append(await asyncio.wait_for(self.queue.get(), left))
