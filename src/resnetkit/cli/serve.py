@@ -16,7 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="inference backend (default auto: the fastest that agrees with fp32, measured once per "
                         "model and machine, then cached)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the first GPU when there is one)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: the first GPU when there is one and the backend "
+                                    "runs there)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs "
                                                        "--token)")
     p.add_argument("--port", type=int, default=8000)

@@ -113,8 +113,8 @@ class _Engine:
 
     def __init__(self, config: ServeConfig, metrics: _Metrics):
         self.config, self.metrics = config, metrics
-        self.model, self.device, self.weights_source = load_served(config.weights, device=config.device,
-                                                                   allow_nonfinite=config.allow_nonfinite)
+        self.model, self.device, self.weights_source = load_served(
+            config.weights, backend=config.backend, device=config.device, allow_nonfinite=config.allow_nonfinite)
         self.card = self.model.card
         self.task = self.card.task
         if self.card.preprocessing is None or (self.task == "classification" and self.card.preprocessing.size is None):
