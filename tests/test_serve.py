@@ -278,6 +278,8 @@ def test_bad_inputs_get_one_line_json_errors_and_the_server_serves_on(server, fi
         (lambda: c.request("POST", "/v1/predict", b"{oops", "application/json"), 400, "JSON"),
         (lambda: c.request("POST", "/v1/predict", b'{"images": ["***"]}', "application/json"), 400, "base64"),
         (lambda: c.post_files("/v1/segment", [("a.png", good)]), 400, "/v1/predict"),
+        (lambda: c.get("/v1/nothing"), 404, "Not Found"),
+        (lambda: c.get("/v1/predict"), 405, "Method Not Allowed"),
     ]
     for send, status, words in cases:
         assert words in _one_line_error(send(), status)

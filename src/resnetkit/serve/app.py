@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from resnetkit.data.segmentation import normalize_one, palette_png, voc_palette
@@ -270,6 +271,17 @@ def create_app(config: ServeConfig) -> FastAPI:
     @app.exception_handler(RequestError)
     async def _refused(request: Request, e: RequestError):
         return JSONResponse({"error": e.message, "status": e.status}, e.status, headers=e.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException):  # 404, 405: the same one-line shape
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {e.detail}", "status": e.status_code},
+                            e.status_code, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, e: Exception):  # a bug: logged with its traceback, one line to the client
+        log.exception("serve: %s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(e).__name__}); see the server's log", "status": 500},
+                            500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError):
