@@ -159,7 +159,7 @@ class _Engine:
             log.exception("serve: building the backend failed")
 
     def _example(self, n: int) -> torch.Tensor:
-        size = self.pre.size or (64, 64)  # fully convolutional: any size warms it
+        size = self.pre.size or (65, 65)  # fully convolutional: an aligned size (stride * k + 1) warms it
         return torch.randn(n, self.pre.channels, *size, generator=torch.Generator().manual_seed(0))
 
     # -- the model thread ----------------------------------------------------------------------------
