@@ -149,6 +149,10 @@ class _Engine:
                 self._run("classify" if self.task == "classification" else "segment", self._example(n))
             self.decision = dict(getattr(self.backend, "decision", None) or
                                  {"backend": self.config.backend, "source": "requested (--backend)"})
+            if self.decision.get("source") == "measured" and not ((self.card.extra or {}).get("train_config") or
+                                                                   {}).get("data"):
+                # auto's log says "the job's images": a server has none yet, so it measured on these
+                self.decision["calibration"] = f"{len(example)} random inputs (the card names no training data)"
             self.decision["warm_s"] = round(time.perf_counter() - t0, 3)
             self.ready.set()
             self.metrics.ready.set(1)
