@@ -10,7 +10,11 @@ Bounded: at most --requests requests per (server, concurrency) and --budget-s se
 pass does not depend on them); each request is one PNG of the model's input size, so decoding and
 preprocessing are part of every request, as in use. The client threads share the machine with the
 server: on a machine of few cores they take a share of its CPU, which the offline figure does not pay.
-Memory is the server's resident set, read from /proc at the start and the end of its run.
+The batched and the unbatched server run side by side and take turns at each concurrency; the offline
+figure is measured before and after the load and the mean used. Memory is each server's resident set,
+read from /proc after its first request and after each row; the highest concurrency runs a second time
+at the end ("again"), so that growth from first-time allocations (larger batches) is told apart from a
+leak.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def rss_mb(pid: int) -> float:
 
 def offline_img_s(weights: Path, backend: str, batch: int, seconds: float) -> float:
     """The backend's own throughput on full batches of preprocessed images, in this process (median of
-    the calls made in `seconds`, after a warm-up call)."""
+    the calls made in `seconds`, at least 3, after a warm-up call)."""
     model = resnetkit.load(weights)
     pre = model.card.preprocessing
     x = torch.randn(batch, pre.channels, *pre.size)
@@ -116,7 +120,7 @@ def main() -> None:
     ap.add_argument("--models", default="resnet20,resnet50")
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--requests", type=int, default=None,
-                    help="requests per server and concurrency (default: 600 for resnet20, 96 for resnet50, sized "
+                    help="requests per server and concurrency (default: 2000 for resnet20, 96 for resnet50, sized "
                          "for a 2-core machine; the issue's aim is 10,000)")
     ap.add_argument("--budget-s", type=float, default=60.0, help="time limit per server and concurrency")
     ap.add_argument("--backend", default="channels_last")
@@ -131,38 +135,56 @@ def main() -> None:
     print(machine_line(args.threads))
     print(f"backend {args.backend}; batched server: --max-batch {args.max_batch} --max-wait-ms {args.max_wait_ms:g}; "
           "unbatched: --max-batch 1 --max-wait-ms 0; loopback 127.0.0.1; client threads on the same machine")
-    rows = []
+    rows, offline_of = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             kw, pre, classes = MODELS[name]
             torch.manual_seed(0)
             weights = save_weights(resnetkit.create_model(name, **kw).eval(), Path(tmp) / f"{name}.safetensors",
                                    class_names=classes, preprocessing=pre)
-            n = args.requests or (600 if name == "resnet20" else 96)
+            n = args.requests or (2000 if name == "resnet20" else 96)
             rng = np.random.default_rng(0)
             shape = pre.size if pre.channel_order == "L" else (*pre.size, 3)
             buf = io.BytesIO()
             Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(buf, format="PNG")
             image = buf.getvalue()
-            offline = offline_img_s(weights, args.backend, args.max_batch, 5.0)
-            print(f"\n{name}: offline {args.backend} batch {args.max_batch}: {offline:.0f} img/s; {n} requests per "
-                  f"row (bounded by {args.budget_s:g} s)", flush=True)
-            for label, extra in (("batched", ["--max-batch", str(args.max_batch), "--max-wait-ms",
-                                              str(args.max_wait_ms)]),
-                                 ("unbatched", ["--max-batch", "1", "--max-wait-ms", "0"])):
-                with ServerProcess(["--weights", str(weights), "--backend", args.backend, "--device", "cpu",
-                                    "--max-queue", "4096", "--threads", str(args.threads), *extra]) as server:
+            servers = {"batched": ["--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms)],
+                       "unbatched": ["--max-batch", "1", "--max-wait-ms", "0"]}
+            servers = {label: ServerProcess(["--weights", str(weights), "--backend", args.backend, "--device", "cpu",
+                                             "--max-queue", "4096", "--threads", str(args.threads), *extra])
+                       for label, extra in servers.items()}
+            try:
+                for server in servers.values():
+                    server.start()
                     Client(server.url).post_files("/v1/predict", [("x.png", image)])  # first request, not timed
-                    rss0 = rss_mb(server.pid())
-                    for c in levels:
+                rss0 = {label: rss_mb(server.pid()) for label, server in servers.items()}
+                before = offline_img_s(weights, args.backend, args.max_batch, 5.0)
+                print(f"\n{name}: offline {args.backend} batch {args.max_batch}: {before:.1f} img/s; {n} requests per "
+                      f"row (bounded by {args.budget_s:g} s)", flush=True)
+                # the two servers alternate at each concurrency, so that drift in the machine's load hits both;
+                # the highest concurrency runs again at the end: the server's memory then shows its steady state
+                for c, again in [*((c, "") for c in levels), (levels[-1], " (again)")]:
+                    for label, server in servers.items():
                         r = load(server.url, image, c, n, args.budget_s)
-                        rows.append((name, label, c, r, offline, rss0, rss_mb(server.pid())))
+                        rows.append([name, label + again, c, r, before, rss0[label], rss_mb(server.pid())])
                         print(_row(*rows[-1]), flush=True)
+                after = offline_img_s(weights, args.backend, args.max_batch, 5.0)
+            finally:
+                for server in servers.values():
+                    if server.proc is not None:
+                        server.stop()
+            offline = offline_of[name] = (before + after) / 2
+            print(f"{name}: offline {before:.1f} img/s before the load, {after:.1f} after; the table's % uses the mean "
+                  f"{offline:.1f}", flush=True)
+            for row in rows:
+                if row[0] == name:
+                    row[4] = offline
     print("\n| model | server | concurrency | requests | errors | p50 ms | p90 ms | p99 ms | req/s | "
           "% of offline | server RSS MB (start -> end) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
         print(_row(*row))
+    print(f"offline img/s: {', '.join(f'{m} {o:.1f}' for m, o in offline_of.items())}")
     for name in args.models.split(","):
         for c in levels:
             b = next((r for m, s, cc, r, *_ in rows if (m, s, cc) == (name, "batched", c)), None)
