@@ -369,6 +369,12 @@ def test_bad_flags_are_one_line(files, capsys):
     assert "no such weights file" in capsys.readouterr().err
     assert main(["serve", "--weights", str(files["cls"]), "--max-batch", "0"]) == 2
     assert "max_batch" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--weights", str(files["cls"]), "--backend", "eager", "--port", str(port)]) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
 
 
 # -- the page, in Chromium ---------------------------------------------------------------------------

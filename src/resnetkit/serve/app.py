@@ -16,6 +16,7 @@ import hmac
 import io
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -512,6 +513,7 @@ def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, log_l
 
     check_bind(host, config.token)
     app = create_app(config)
+    sock = _listen(host, port)
     if on_start is not None:
         on_start(f"http://{host}:{port}/")
     class _Server(uvicorn.Server):
@@ -523,8 +525,20 @@ def run(config: ServeConfig, *, host: str = "127.0.0.1", port: int = 8000, log_l
 
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                                            timeout_graceful_shutdown=None, lifespan="on"))
-    server.run()
+    server.run(sockets=[sock])
     return 0 if server.started else 1
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a port in use is one line (ConfigError), not a log record."""
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another port or host") from None
+    return sock
 
 
 __all__ = ["LOOPBACK", "TOKEN_ENV", "ServeConfig", "check_bind", "create_app", "resolve_token", "run"]
