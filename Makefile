@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/lint-imports --no-cache
 
-test: $(STAMP) lint
+# The page test (tests/test_serve.py) drives Debian's chromium through chromium-driver with selenium. As
+# root, install them when missing (about a minute); elsewhere that test fails saying how to install them.
+browser:
+	@if [ "$$(id -u)" = 0 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then \
+	  echo "installing chromium and chromium-driver (apt) for the page test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	    >/dev/null; \
+	fi
+
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest
 
 demo: $(STAMP)

@@ -22,7 +22,7 @@ import torchvision
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from resnetkit.errors import CheckpointError, DataError, OutputExistsError
+from resnetkit.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 
 
 # -- files -------------------------------------------------------------------------------------------
@@ -169,6 +169,26 @@ def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], 
 
 
 # -- the machine -------------------------------------------------------------------------------------
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> the first GPU when there is one, else the CPU; 'cpu', 'cuda' or 'cuda:N' -> that device,
+    checked to exist here (a ConfigError naming `device` otherwise)."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}: use cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (dev.index or 0) >= n:
+            raise ConfigError(f"device {device!r}: this machine has {n} CUDA device{'s' if n != 1 else ''}"
+                              f"{'' if n else ' (or torch was built without CUDA)'}; use cpu"
+                              + (f" or cuda:0..{n - 1}" if n else ""))
+    return dev
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
     try:

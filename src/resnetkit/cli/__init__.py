@@ -18,7 +18,7 @@ from resnetkit.errors import UserError
 DISK_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EFBIG)
 
 # Modules under resnetkit.cli that contribute commands, in the order `--help` lists them.
-COMMAND_MODULES = ["models", "train", "infer", "convert", "data", "reproduce", "export"]
+COMMAND_MODULES = ["models", "train", "infer", "convert", "data", "reproduce", "export", "serve"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -17,6 +17,7 @@ from resnetkit.train import evaluate_file
 from resnetkit.train.report import plot_confusion
 from resnetkit.weights import read_card
 
+DEVICE_HELP = "cpu, cuda or cuda:N (default: the first GPU when there is one and the backend runs there)"
 BACKEND_HELP = ("inference backend (default auto: the fastest that agrees >= 99.5%% with fp32, bf16 and int8 "
                 "included, measured once per model and machine, then cached; small jobs run channels_last; "
                 "auto-fp32: the fastest fp32 one)")
@@ -36,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
     p.set_defaults(func=cmd_eval)
 
@@ -52,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", choices=["flip"], help="test-time augmentation: flip (the image and its "
                    "mirror)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
     p.set_defaults(func=cmd_predict)
 
@@ -62,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the class colours (default 0.5)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--device", help=DEVICE_HELP)
     p.add_argument("--allow-nonfinite", action="store_true", help="load weights holding NaN or Inf values")
     p.set_defaults(func=cmd_segment)
     _register_explain(sub)
@@ -98,7 +102,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for p in outputs:  # before the (long) evaluation, not after it
         check_output(p, inputs=[args.weights, args.data], overwrite=args.overwrite)
     result = evaluate_file(args.weights, args.data, data_dir=args.data_dir, split=args.split, backend=args.backend,
-                           batch_size=args.batch_size, allow_nonfinite=args.allow_nonfinite, tta=args.tta)
+                           batch_size=args.batch_size, allow_nonfinite=args.allow_nonfinite, tta=args.tta,
+                           device=args.device)
     names = result["class_names"]
     width = max(len(n) for n in names)
     if "miou" in result:
@@ -129,11 +134,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         r = predict_folder(args.weights, args.inputs, args.out, backend=args.backend, top_k=args.top_k,
                            workers=args.workers, progress=sys.stderr.isatty(), overwrite=args.overwrite,
-                           allow_nonfinite=args.allow_nonfinite, tta=args.tta)
+                           allow_nonfinite=args.allow_nonfinite, tta=args.tta, device=args.device)
         print(f"wrote {r['images']} rows to {r['out']} ({r['failed']} unreadable)")
         return 0
     rows = predict(args.weights, args.inputs, top_k=args.top_k, backend=args.backend,
-                   allow_nonfinite=args.allow_nonfinite, tta=args.tta)
+                   allow_nonfinite=args.allow_nonfinite, tta=args.tta, device=args.device)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     elif args.format == "csv":
@@ -158,7 +163,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         raise UserError(f"{args.weights} holds a classification model; use `resnetkit predict`, or train a "
                         "segmentation model with `resnetkit train --task segmentation`")
     for r in segment(args.weights, args.inputs, args.out_dir, alpha=args.alpha, overwrite=args.overwrite,
-                     allow_nonfinite=args.allow_nonfinite, backend=args.backend):
+                     allow_nonfinite=args.allow_nonfinite, backend=args.backend, device=args.device):
         present = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["fractions"].items())
         print(f"{r['image']}: {present} -> {r['mask']}, {r['overlay']}")
     return 0

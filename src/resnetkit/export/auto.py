@@ -37,7 +37,7 @@ from torch import nn
 from resnetkit._helpers import atomic_write_json, cpu_model
 from resnetkit.errors import UserError
 from resnetkit.export.quantize import calibration_images
-from resnetkit.export.runtimes import NAMED, Backend, TorchBackend, build_named, unsupported
+from resnetkit.export.runtimes import NAMED, Backend, TorchBackend, build_named, input_device, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,7 @@ def _predictions(run: Callable, batches: list[torch.Tensor]) -> tuple[list[torch
     """Argmax over classes (dim 1) per batch, and each call's time."""
     preds, times = [], []
     for x in batches:
+        x = x.to(input_device(run)) if isinstance(run, nn.Module) else x  # a model on a GPU: its inputs there
         t0 = time.perf_counter()
         out = run(x)
         times.append(time.perf_counter() - t0)

@@ -16,16 +16,37 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from resnetkit._helpers import resolve_device
 from resnetkit.errors import ConfigError
 from resnetkit.export.auto import auto_backend, default_candidates
 from resnetkit.export.ort import require_onnxruntime
-from resnetkit.export.runtimes import NAMED, Backend, OrtBackend, TorchBackend, build_named, cpu_flags, unsupported
+from resnetkit.export.runtimes import (
+    NAMED,
+    Backend,
+    OrtBackend,
+    TorchBackend,
+    build_named,
+    cpu_flags,
+    input_device,
+    unsupported,
+)
 
-__all__ = ["BACKENDS", "Backend", "OrtBackend", "TorchBackend", "cpu_flags", "make_backend", "require_onnxruntime",
-           "unsupported"]
+__all__ = ["BACKENDS", "GPU_BACKENDS", "Backend", "OrtBackend", "TorchBackend", "backend_device", "cpu_flags",
+           "input_device", "make_backend", "require_onnxruntime", "unsupported"]
 
 # `auto` first: it is the default of predict, eval, segment and bench.
 BACKENDS = ("auto", "auto-fp32", *NAMED)
+# The backends that run where the model is (auto measures its candidates there, its cache keyed by the GPU);
+# the others (ONNX Runtime, x86 int8 and the CPU bf16 paths) run on the CPU unless a device is asked for.
+GPU_BACKENDS = ("auto", "auto-fp32", "eager", "channels_last", "compile")
+
+
+def backend_device(backend: str, device: str | torch.device | None = None) -> torch.device:
+    """Where a job on `backend` runs: `device` when given (checked: resnetkit._helpers.resolve_device),
+    else the first GPU when there is one and the backend can use it, else the CPU."""
+    if device is not None:
+        return resolve_device(device)
+    return resolve_device(None) if backend in GPU_BACKENDS else torch.device("cpu")
 
 
 def make_backend(name: str, model: nn.Module, *, example: torch.Tensor | None = None, threads: int | None = None,

@@ -104,21 +104,31 @@ def explain(model: nn.Module | str | os.PathLike, images: list[str | os.PathLike
                               f"{did_you_mean(class_name, names, 'classes: ' + ', '.join(names[:10]))}")
         target = names.index(class_name)
     pre = card.preprocessing
-    view = dataclasses.replace(pre, mean=(0.0,) * pre.channels, std=(1.0,) * pre.channels)  # [0, 1], same crop
     out, files = Path(out_dir), collect_images(images)
     plan = {f: out / f"{stem}_cam.png" for f, stem in output_names(files).items()}
     for p in plan.values():
         check_output(p, inputs=images, overwrite=overwrite)
     rows = []
     for f, path in plan.items():
-        im = open_image(f, "L" if pre.channel_order == "L" else "RGB")
-        x = pre(im)[None]  # (1, C, H, W)
-        layer = layer or default_layer(end_point_names(model, x))
-        cam, cls, prob = grad_cam(model, x, layer=layer, target=target)
-        shown = view(im).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1], the crop the network saw
-        shown = shown[..., ::-1] if pre.channel_order == "BGR" else shown
-        shown = np.repeat(shown, 3, axis=2) if shown.shape[2] == 1 else shown
-        atomic_save_image(Image.fromarray(heat_overlay(shown * 255, cam[0].numpy(), alpha)), path)
-        rows.append({"image": str(f), "out": str(path), "class": names[int(cls[0])], "prob": float(prob[0]),
-                     "layer": layer})
+        r = cam_image(model, open_image(f, "L" if pre.channel_order == "L" else "RGB"), layer=layer, target=target,
+                      alpha=alpha)
+        atomic_save_image(r.pop("overlay"), path)
+        rows.append({"image": str(f), "out": str(path), **r})
     return rows
+
+
+def cam_image(model: nn.Module, im: Image.Image, *, layer: str | None = None, target: int | None = None,
+              alpha: float = 0.5) -> dict:
+    """Grad-CAM of one decoded image for a classifier with a card: {"overlay": the heat map over the image
+    as the network saw it (PIL, after the card's resize and crop), "class", "index", "prob", "layer"}."""
+    pre = model.card.preprocessing
+    names = list(model.card.class_names or [str(i) for i in range(model.num_classes)])
+    view = dataclasses.replace(pre, mean=(0.0,) * pre.channels, std=(1.0,) * pre.channels)  # [0, 1], same crop
+    x = pre(im)[None]  # (1, C, H, W)
+    layer = layer or default_layer(end_point_names(model, x))
+    cam, cls, prob = grad_cam(model, x, layer=layer, target=target)
+    shown = view(im).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1], the crop the network saw
+    shown = shown[..., ::-1] if pre.channel_order == "BGR" else shown
+    shown = np.repeat(shown, 3, axis=2) if shown.shape[2] == 1 else shown
+    return {"overlay": Image.fromarray(heat_overlay(shown * 255, cam[0].numpy(), alpha)),
+            "class": names[int(cls[0])], "index": int(cls[0]), "prob": float(prob[0]), "layer": layer}

@@ -24,7 +24,7 @@ from resnetkit._helpers import atomic_write, check_output
 from resnetkit.data.folder import collect_images
 from resnetkit.errors import CheckpointError, ConfigError, DataError
 from resnetkit.export.auto import CALIB_N
-from resnetkit.export.backends import make_backend
+from resnetkit.export.backends import backend_device, input_device, make_backend
 from resnetkit.export.tta import with_tta
 from resnetkit.weights import Preprocessing, load
 
@@ -70,7 +70,8 @@ class _Images(Dataset):
             return torch.zeros(self.pre.channels, *self.pre.size), False
 
 
-def _rows(probs: torch.Tensor, names: list[str], top_k: int) -> list[list[dict]]:
+def top_k_rows(probs: torch.Tensor, names: list[str], top_k: int) -> list[list[dict]]:
+    """(N, K) probabilities -> per image, its `top_k` best as [{"class", "index", "prob"}, ...]."""
     top_p, top_i = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [[{"class": names[c], "index": c, "prob": p} for p, c in zip(ps, ix)]
             for ps, ix in zip(top_p.tolist(), top_i.tolist())]
@@ -78,11 +79,13 @@ def _rows(probs: torch.Tensor, names: list[str], top_k: int) -> list[list[dict]]
 
 @torch.no_grad()
 def predict(model: nn.Module | str | os.PathLike, images: list, *, top_k: int = 5, backend: str = "auto",
-            allow_nonfinite: bool = False, tta: str | None = None) -> list[dict]:
+            allow_nonfinite: bool = False, tta: str | None = None, device: str | torch.device | None = None
+            ) -> list[dict]:
     """Classify `images` (paths, folders or PIL images) with the model's own preprocessing.
 
     `model` is a loaded model with a card, or the path of a weights file; `backend` is one of
-    resnetkit.export.BACKENDS (`auto`: see resnetkit.export.auto). Returns one
+    resnetkit.export.BACKENDS (`auto`: see resnetkit.export.auto); `device` 'cpu', 'cuda' or 'cuda:N'
+    (default: resnetkit.export.backends.backend_device, a GPU when there is one and the backend runs there). Returns one
     {"image", "predictions": [{"class", "index", "prob"}, ...]} per image, best first. An unreadable
     file raises a ConfigError naming it.
     """
@@ -95,18 +98,21 @@ def predict(model: nn.Module | str | os.PathLike, images: list, *, top_k: int = 
         else:
             items += [(str(f), f) for f in collect_images([im])]
     x = torch.stack([pre(im) for _, im in items])  # (N, C, H, W); a DataError names an unreadable file
+    model = model.to(backend_device(backend, device))
     run = make_backend(backend, model, example=x[:2], calib=x, n_images=len(x), batch_size=len(x))
-    probs = with_tta(run, tta)(x).float().softmax(dim=1)
+    probs = with_tta(run, tta)(x.to(input_device(run))).float().softmax(dim=1).cpu()
     names = _class_names(model, probs.shape[1])
-    return [{"image": name, "predictions": preds} for (name, _), preds in zip(items, _rows(probs, names, top_k))]
+    rows = top_k_rows(probs, names, top_k)
+    return [{"image": name, "predictions": preds} for (name, _), preds in zip(items, rows)]
 
 
 @torch.no_grad()
 def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.PathLike], out: str | os.PathLike, *,
                    backend: str = "auto", batch_size: int = 64, workers: int = 2, top_k: int = 3,
                    threads: int | None = None, progress: bool = True, overwrite: bool = False,
-                   allow_nonfinite: bool = False, tta: str | None = None) -> dict:
-    """Classify every image under `inputs` and write one row per image to `out`.
+                   allow_nonfinite: bool = False, tta: str | None = None,
+                   device: str | torch.device | None = None) -> dict:
+    """Classify every image under `inputs` and write one row per image to `out` (on `device`, as `predict`).
 
     `out` ending in .jsonl gets {"image", "predictions": [{"class", "index", "prob"}, ...]} per line;
     anything else gets CSV rows (image, rank, class, index, prob, error). Unreadable images get an
@@ -118,6 +124,7 @@ def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.P
     if batch_size < 1 or workers < 0:
         raise ConfigError(f"batch_size ({batch_size}) must be >= 1 and workers ({workers}) >= 0")
     pre = _preprocessing(model)
+    model = model.to(backend_device(backend, device))
     files = collect_images(inputs)
     data = _Images(files, pre)
     # `auto` decodes its calibration images only if it has to measure (no cached decision).
@@ -125,6 +132,7 @@ def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.P
     run = with_tta(make_backend(backend, model, example=torch.randn(2, pre.channels, *pre.size), threads=threads,
                                 calib=calib, n_images=len(files), batch_size=batch_size), tta)
     loader = DataLoader(data, batch_size=batch_size, num_workers=workers, shuffle=False)
+    where = input_device(run)
     jsonl = out.suffix.lower() == ".jsonl"
     failed, i = 0, 0
     with atomic_write(out) as tmp, open(tmp, "w", newline="") as f:
@@ -133,8 +141,8 @@ def predict_folder(model: nn.Module | str | os.PathLike, inputs: list[str | os.P
             writer.writerow(["image", "rank", "class", "index", "prob", "error"])
         bar = tqdm(total=len(files), unit="img", disable=not progress, desc="predict")
         for x, ok in loader:
-            probs = run(x).float().softmax(dim=1)
-            for preds, good in zip(_rows(probs, _class_names(model, probs.shape[1]), top_k), ok.tolist()):
+            probs = run(x.to(where)).float().softmax(dim=1).cpu()
+            for preds, good in zip(top_k_rows(probs, _class_names(model, probs.shape[1]), top_k), ok.tolist()):
                 image = str(files[i])
                 i += 1
                 if not good:

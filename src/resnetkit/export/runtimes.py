@@ -112,6 +112,14 @@ class TorchBackend(Backend):
         return out[:n].float()
 
 
+def input_device(run: nn.Module) -> torch.device:
+    """The device a backend (or a model) wants its inputs on: that of its first parameter or buffer
+    (an ONNX Runtime backend keeps an empty CPU parameter for this), else the CPU."""
+    for t in (*run.parameters(), *run.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 class OrtBackend(Backend):
     def __init__(self, name: str, session, setup_s: float, path: Path | None = None, output_stride: int = 32):
         super().__init__(name, setup_s, output_stride)

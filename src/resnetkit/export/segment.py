@@ -21,7 +21,7 @@ from resnetkit.data.folder import collect_images
 from resnetkit.data.segmentation import normalize_one, palette_png, read_image, voc_palette
 from resnetkit.errors import CheckpointError, ConfigError
 from resnetkit.export.auto import SEG_CALIB_N
-from resnetkit.export.backends import make_backend
+from resnetkit.export.backends import backend_device, input_device, make_backend
 from resnetkit.weights import load
 
 
@@ -95,18 +95,19 @@ def output_names(files: list[Path]) -> dict[Path, str]:
 @torch.no_grad()
 def segment(model: nn.Module | str | os.PathLike, images: list[str | os.PathLike], out_dir: str | os.PathLike, *,
             alpha: float = 0.5, overwrite: bool = False, allow_nonfinite: bool = False,
-            backend: str = "auto") -> list[dict]:
+            backend: str = "auto", device: str | torch.device | None = None) -> list[dict]:
     """Segment each image (files or folders) and write OUT_DIR/NAME.png (palette mask, the format of VOC's
     SegmentationClass) and OUT_DIR/NAME_overlay.png (the classes' colours over the image).
 
     Inputs with the same stem get distinct names (`output_names`). No output may land inside an input
     folder, and existing files are replaced only with `overwrite`; both are checked before anything is
-    written. `backend` is one of resnetkit.export.BACKENDS (`auto` compares pixel agreement with fp32).
+    written. `backend` is one of resnetkit.export.BACKENDS (`auto` compares pixel agreement with fp32);
+    `device` 'cpu', 'cuda' or 'cuda:N' (default: resnetkit.export.backends.backend_device).
     Returns one {"image", "mask", "overlay", "fractions": {class: share of pixels}} per image.
     """
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha {alpha}: choose a value in [0, 1]")
-    model = _segmentation_model(model, allow_nonfinite)
+    model = _segmentation_model(model, allow_nonfinite).to(backend_device(backend, device))
     pre = model.card.preprocessing
     mean, std = torch.tensor(pre.mean, dtype=torch.float32), torch.tensor(pre.std, dtype=torch.float32)
     names = list(model.card.class_names or [str(i) for i in range(model.num_classes)])
@@ -120,13 +121,19 @@ def segment(model: nn.Module | str | os.PathLike, images: list[str | os.PathLike
     calib = lambda: [_aligned(model, normalize_one(read_image(f), mean, std)[None])  # noqa: E731
                      for f in files[:SEG_CALIB_N]]
     run = make_backend(backend, model, calib=calib, n_images=len(files), batch_size=1)
+    where = input_device(run)
     rows = []
     for f, paths in plan.items():
         im = read_image(f)  # (3, H, W) uint8
-        mask = predict_logits(run, normalize_one(im, mean, std)[None]).argmax(1)[0].to(torch.uint8).numpy()
+        mask = predict_logits(run, normalize_one(im, mean, std)[None].to(where)).argmax(1)[0].to(torch.uint8)
+        mask = mask.cpu().numpy()
         atomic_save_image(palette_png(mask), paths["mask"])
         atomic_save_image(Image.fromarray(overlay(im.permute(1, 2, 0).numpy(), mask, alpha)), paths["overlay"])
-        counts = np.bincount(mask.ravel(), minlength=len(names))
-        rows.append({"image": str(f), **{k: str(v) for k, v in paths.items()},
-                     "fractions": {names[k]: int(c) / mask.size for k, c in enumerate(counts) if c}})
+        rows.append({"image": str(f), **{k: str(v) for k, v in paths.items()}, "fractions": class_shares(mask, names)})
     return rows
+
+
+def class_shares(mask: np.ndarray, names: list[str]) -> dict[str, float]:
+    """{class name: share of the mask's pixels} for the classes present, in class order."""
+    counts = np.bincount(mask.ravel(), minlength=len(names))
+    return {names[k]: int(c) / mask.size for k, c in enumerate(counts) if c}

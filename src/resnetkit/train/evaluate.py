@@ -20,7 +20,7 @@ from resnetkit.data.segmentation import IGNORE, SegSet, load_split, normalize_on
 from resnetkit.data.sources import kind_of
 from resnetkit.data.stream import EvalTransform
 from resnetkit.errors import ConfigError, DataError
-from resnetkit.export.backends import make_backend
+from resnetkit.export.backends import backend_device, make_backend
 from resnetkit.export.segment import predict_logits
 from resnetkit.export.tta import log_of_mean, with_tta
 from resnetkit.train import distributed
@@ -123,7 +123,7 @@ def evaluate_segmentation(model: torch.nn.Module, data: SegSet, mean, std, *, ba
 
 def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None = None, split: str = "val",
                   backend: str = "eager", batch_size: int = 500, allow_nonfinite: bool = False,
-                  tta: str | None = None) -> dict:
+                  tta: str | None = None, device: str | torch.device | None = None) -> dict:
     """Evaluate a weights file on a dataset, as `resnetkit eval` does, and return the result.
 
     Classification files: `data` is a dataset spec (its test split is used, resized to the card's input
@@ -131,10 +131,11 @@ def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None
     per_class_accuracy, confusion_matrix, class_names. Segmentation files: `data` is a VOC-layout or
     pairs folder and `split` its split; the result has n, miou, pixel_acc, iou (per class),
     confusion_matrix, class_names. `backend` is any of resnetkit.export.BACKENDS; `tta` None, 'flip' or
-    (segmentation) 'multiscale' (resnetkit.export.tta).
+    (segmentation) 'multiscale' (resnetkit.export.tta). `device`: 'cpu', 'cuda' or 'cuda:N' (default: the
+    first GPU when there is one and the backend runs there: resnetkit.export.backends.backend_device).
     """
     _check_batch_size(batch_size)
-    device = "cuda" if torch.cuda.is_available() and backend in ("eager", "channels_last", "compile") else "cpu"
+    device = backend_device(backend, device)
     model = load(weights, map_location=device, allow_nonfinite=allow_nonfinite)
     card, pre = model.card, model.card.preprocessing
     if card.task == "segmentation":
