@@ -45,6 +45,16 @@ def test_eval(run_dir, tmp_path, capsys):
     assert len(result["per_class_accuracy"]) == 10 and np.array(result["confusion_matrix"]).sum() == 359
     last = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["top1"] == pytest.approx(1 - last["test_err"])  # the same numbers as training reported
+    # where it fails: per class, the most confident mistakes, calibration
+    assert "macro-F1" in out and "ECE" in out and "precision" in out
+    assert set(result["per_class"]) == set(result["class_names"])
+    assert sum(r["support"] for r in result["per_class"].values()) == 359
+    worst = result["worst"]
+    assert worst and all(w["true"] != w["predicted"] for w in worst)
+    assert [w["confidence"] for w in worst] == sorted((w["confidence"] for w in worst), reverse=True)
+    assert sum(b["n"] for b in result["calibration_bins"]) == 359 and 0 <= result["ece"] <= 1
+    for name in ("reliability.png", "worst.png"):
+        assert (tmp_path / name).stat().st_size > 5000
 
 
 @pytest.fixture(scope="module")

@@ -98,12 +98,13 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.weights).parent
     seg = read_card(args.weights).task == "segmentation"
-    outputs = [out / "eval_segmentation.json"] if seg else [out / "eval.json", out / "confusion_matrix.png"]
+    outputs = [out / "eval_segmentation.json"] if seg else [out / n for n in ("eval.json", "confusion_matrix.png",
+                                                                               "reliability.png", "worst.png")]
     for p in outputs:  # before the (long) evaluation, not after it
         check_output(p, inputs=[args.weights, args.data], overwrite=args.overwrite)
     result = evaluate_file(args.weights, args.data, data_dir=args.data_dir, split=args.split, backend=args.backend,
                            batch_size=args.batch_size, allow_nonfinite=args.allow_nonfinite, tta=args.tta,
-                           device=args.device)
+                           device=args.device, figures=None if seg else out)
     names = result["class_names"]
     width = max(len(n) for n in names)
     if "miou" in result:
@@ -117,10 +118,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     path = atomic_write_json(outputs[0], result)
     plot_confusion(np.asarray(result["confusion_matrix"]), names, outputs[1])
     print(f"{args.data} test: {result['n']} images  top-1 {100 * result['top1']:.2f}%  "
-          f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}")
-    for n, acc in result["per_class_accuracy"].items():
-        print(f"  {n:<{width}}  {100 * acc:6.2f}%")
-    print(f"wrote {path} and {outputs[1]}")
+          f"top-5 {100 * result['top5']:.2f}%  loss {result['loss']:.4f}  balanced accuracy "
+          f"{100 * result['balanced_accuracy']:.2f}%  macro-F1 {100 * result['macro_f1']:.2f}%  ECE "
+          f"{100 * result['ece']:.2f}%")
+    print(f"  {'class':<{width}}  precision  recall      F1  support")
+    for n, r in result["per_class"].items():
+        print(f"  {n:<{width}}  {100 * r['precision']:8.2f}% {100 * r['recall']:6.2f}% {100 * r['f1']:6.2f}% "
+              f"{r['support']:8d}")
+    print(f"wrote {path}, {', '.join(str(p) for p in outputs[1:])}")
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from resnetkit.export.backends import backend_device, make_backend
 from resnetkit.export.segment import predict_logits
 from resnetkit.export.tta import log_of_mean, with_tta
 from resnetkit.train import distributed
+from resnetkit.train.analysis import Analysis, class_report, plot_mistakes, plot_reliability
 from resnetkit.train.distributed import Dist
 from resnetkit.train.metrics import confusion_matrix, scores
 from resnetkit.train.precision import autocast  # the one precision switch (also bf16/fp16)
@@ -61,14 +63,16 @@ class _Sums:
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, data, *, batch_size: int = 500, amp: str = "none",
-             channels_last: bool = False, d: Dist = Dist(), flip: bool = False) -> dict:
+             channels_last: bool = False, d: Dist = Dist(), flip: bool = False, analysis: Analysis | None = None
+             ) -> dict:
     """Classification: {"loss", "top1", "top5", "n", "confusion" (K, K) int64: rows true, columns predicted}.
 
     `data` is an ImageSet or a streamed set (StreamSet, ShardSet: read by DataLoader workers); `model` is a
     model or a backend (resnetkit.export.make_backend). Each DDP rank evaluates its part of the split
     (`data.eval_batches`); the sums are all-reduced. With `flip` the same pass also runs each batch's mirror
     and the result gains "flip": the same keys for the averaged probabilities (flip-TTA, as
-    resnetkit.export.tta), at the cost of one more forward pass.
+    resnetkit.export.tta), at the cost of one more forward pass. `analysis` (resnetkit.train.analysis.Analysis)
+    collects the confidences and the most confident mistakes of the plain view (this process's part).
     """
     _check_batch_size(batch_size)
     model.eval()
@@ -85,6 +89,8 @@ def evaluate(model: torch.nn.Module, data, *, batch_size: int = 500, amp: str = 
             logits = model(x).float()
             mirrored = model(x.flip(-1)).float() if flip else None
         plain.add(logits, y)
+        if analysis is not None:
+            analysis.add(images, logits, y)
         if flip:
             tta.add(log_of_mean(logits.softmax(1) + mirrored.softmax(1), 2), y)
     out = plain.result(d)
@@ -123,12 +129,15 @@ def evaluate_segmentation(model: torch.nn.Module, data: SegSet, mean, std, *, ba
 
 def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None = None, split: str = "val",
                   backend: str = "eager", batch_size: int = 500, allow_nonfinite: bool = False,
-                  tta: str | None = None, device: str | torch.device | None = None) -> dict:
+                  tta: str | None = None, device: str | torch.device | None = None, worst: int = 16,
+                  figures: str | os.PathLike | None = None) -> dict:
     """Evaluate a weights file on a dataset, as `resnetkit eval` does, and return the result.
 
     Classification files: `data` is a dataset spec (its test split is used, resized to the card's input
     size and normalised with the card's mean/std); the result has n, top1, top5, loss,
-    per_class_accuracy, confusion_matrix, class_names. Segmentation files: `data` is a VOC-layout or
+    per_class_accuracy, per_class (precision, recall, f1, support), balanced_accuracy, macro_f1, ece and
+    calibration_bins (15 bins), worst (the `worst` most confident mistakes), confusion_matrix, class_names;
+    `figures`: a folder to write reliability.png and worst.png into. Segmentation files: `data` is a VOC-layout or
     pairs folder and `split` its split; the result has n, miou, pixel_acc, iou (per class),
     confusion_matrix, class_names. `backend` is any of resnetkit.export.BACKENDS; `tta` None, 'flip' or
     (segmentation) 'multiscale' (resnetkit.export.tta). `device`: 'cpu', 'cuda' or 'cuda:N' (default: the
@@ -168,12 +177,19 @@ def evaluate_file(weights: str | os.PathLike, data: str, *, data_dir: str | None
                               torch.tensor(test.std))  # `auto` calls it only if it has to measure
     run = with_tta(make_backend(backend, model, example=torch.randn(2, test.in_chans, *test.size), calib=calib,
                                 n_images=len(test), batch_size=batch_size), tta)
-    ev = evaluate(run, test, batch_size=batch_size)
+    analysis = Analysis(worst)
+    ev = evaluate(run, test, batch_size=batch_size, analysis=analysis)
     cm = ev["confusion"].numpy()
     per_class = {n: float(cm[i, i] / max(1, cm[i].sum())) for i, n in enumerate(names)}
+    calibration = analysis.calibration()
+    if figures is not None:  # what a person looks at: the reliability diagram and the worst mistakes
+        plot_reliability(calibration, Path(figures) / "reliability.png", f"{Path(str(weights)).name} on {data}")
+        plot_mistakes(analysis.mistakes(), names, Path(figures) / "worst.png")
     return {"weights": str(weights), "data": str(data), "n": ev["n"], "top1": ev["top1"], "top5": ev["top5"],
-            "loss": ev["loss"], "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
-            "class_names": names}
+            "loss": ev["loss"], "per_class_accuracy": per_class, **class_report(cm, names),
+            "ece": calibration["ece"], "calibration_bins": calibration["bins"],
+            "worst": [{"confidence": c, "true": names[t], "predicted": names[p]} for c, _, t, p in analysis.mistakes()],
+            "confusion_matrix": cm.tolist(), "class_names": names}
 
 
 def _eval_split(data: str, data_dir: str | None, pre, size: int, channels: int, num_classes: int):
