@@ -60,14 +60,14 @@ def sample_photos() -> list[np.ndarray]:
 
 
 def _make_one(job: tuple) -> None:
-    path, photo_i, seed = job
+    path, photo_i, seed, sizes = job
     rs = np.random.RandomState(seed)
     src = PHOTOS[photo_i]
     h, w = src.shape[:2]
     ch, cw = int(h * rs.uniform(0.4, 1.0)), int(w * rs.uniform(0.4, 1.0))
     top, left = rs.randint(0, h - ch + 1), rs.randint(0, w - cw + 1)
     side = rs.uniform(0, 1)
-    out_h = int(SIZES[0][0] + side * (SIZES[1][0] - SIZES[0][0]))
+    out_h = int(sizes[0][0] + side * (sizes[1][0] - sizes[0][0]))
     out_w = int(out_h * 4 / 3)
     if rs.rand() < 0.3:  # some portrait images, as ImageNet has
         out_h, out_w = out_w, out_h
@@ -80,9 +80,10 @@ def _make_one(job: tuple) -> None:
 PHOTOS: list[np.ndarray] = []
 
 
-def build_folder(out: Path, n: int, classes: int = 100) -> Path:
-    """OUT/jpeg/CLASS/IMAGE.jpg, made once (an existing complete folder is reused)."""
-    root = out / "jpeg"
+def build_folder(out: Path, n: int, classes: int = 100, sizes=SIZES, name: str = "jpeg") -> Path:
+    """OUT/NAME/CLASS/IMAGE.jpg, made once (an existing complete folder is reused); `sizes`: the smallest and
+    largest (h, w)."""
+    root = out / name
     per = n // classes
     if root.is_dir() and sum(1 for _ in root.rglob("*.jpg")) >= per * classes:
         return root
@@ -91,7 +92,7 @@ def build_folder(out: Path, n: int, classes: int = 100) -> Path:
     for c in range(classes):
         (root / f"c{c:03d}").mkdir(parents=True, exist_ok=True)
         for i in range(per):
-            jobs.append((root / f"c{c:03d}" / f"{i:04d}.jpg", (c * 7 + i) % len(PHOTOS), c * 100003 + i))
+            jobs.append((root / f"c{c:03d}" / f"{i:04d}.jpg", (c * 7 + i) % len(PHOTOS), c * 100003 + i, sizes))
     t0 = time.perf_counter()
     with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
         pool.map(_make_one, jobs, chunksize=16)

@@ -55,21 +55,37 @@ def read_folder(root: str | Path, size: int, channels: int = 3, strict: bool = F
         index = {c: i for i, c in enumerate(classes)}
         items = [(p, index[found[y]]) for p, y in items]
         found = classes
-    images, labels, bad = [], [], []
+    return (*read_items(items, size, channels, strict, root), list(found))
+
+
+def read_items(items: list[tuple[Path, int]], size: int, channels: int = 3, strict: bool = False,
+               root: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Decode (path, label) items into images (N, C, size, size) uint8 and labels (N,) int64, skipping
+    (or with strict=True refusing) unreadable images as read_folder says.
+
+    The array is allocated once and filled in place: a list of per-image arrays stacked at the end would
+    hold every image twice at the peak.
+    """
+    images = np.empty((len(items), channels, size, size), dtype=np.uint8)
+    labels = np.empty(len(items), dtype=np.int64)
+    n, bad = 0, []
     for path, y in items:
         try:
-            images.append(load_image(path, size, channels))
-            labels.append(y)
+            images[n] = load_image(path, size, channels)
         except DataError as e:
             if strict:
                 raise DataError(f"{e}; remove it, or skip such images (strict=False)") from None
             bad.append(path)
+            continue
+        labels[n] = y
+        n += 1
     if bad:
-        log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(bad), root,
-                    ", ".join(str(p.relative_to(root)) for p in bad[:5]))
-    if not images:
-        raise DataError(f"{root}: none of the {len(items)} images could be read")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), list(found)
+        log.warning("skipped %d unreadable image(s) under %s, e.g. %s", len(bad), root or bad[0].parent,
+                    ", ".join(str(p.relative_to(root) if root else p) for p in bad[:5]))
+    if not n:
+        raise DataError(f"{root or items[0][0].parent}: none of the {len(items)} images could be read")
+    # A view: the rows of skipped images stay allocated (a copy would hold the images twice).
+    return images[:n], labels[:n]
 
 
 def collect_images(inputs: list[str | os.PathLike]) -> list[Path]:

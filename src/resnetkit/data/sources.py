@@ -2,10 +2,10 @@
 ShardSet), chosen by `StreamOptions.stream` (auto | on | off) and logged.
 
   named sets (fashion-mnist, cifar10, digits, ...)   always in memory
-  folder:PATH (or a path)                            auto: streamed when the decoded copy at image_size would
-                                                     pass MEMORY_BUDGET bytes, the folder holds more than
-                                                     MAX_IN_MEMORY images, or a streaming-only option is on
-                                                     (auto_augment, random_erase); else in memory
+  folder:PATH (or a path)                            auto: resnetkit.data.memory.choose_stream measures what
+                                                     holding it costs (memory, decode time against
+                                                     planned_epochs); streamed when a streaming-only option
+                                                     is on (auto_augment, random_erase)
   imagenet:PATH                                      always streamed (resnetkit.data.imagenet)
   shards:PATTERN                                     always streamed (resnetkit.data.shards)
 """
@@ -15,17 +15,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from resnetkit.data import datasets, imagenet, shards, stream
+from resnetkit.data import datasets, imagenet, memory, shards, stream
 from resnetkit.data.datasets import ImageSet
 from resnetkit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-MEMORY_BUDGET = 1 << 30  # bytes of uint8 images held on the training device
-MAX_IN_MEMORY = 20_000  # images: decoding more up front takes minutes before the first step
 STREAM_MODES = ("auto", "on", "off")
 
 
@@ -102,9 +101,11 @@ def kind_of(spec: str) -> str:
     return DataSpec.parse(spec).kind
 
 
-def load_classification(spec: str | DataSpec, data_dir: str | None = None, options: StreamOptions = StreamOptions()):
+def load_classification(spec: str | DataSpec, data_dir: str | None = None, options: StreamOptions = StreamOptions(),
+                        planned_epochs: float | Callable[[int], float | None] | None = None):
     """(train, eval) for a dataset spec: two ImageSets (in memory) or two streamed sets, as `options.stream`
-    and the module docstring say."""
+    and the module docstring say. `planned_epochs`: how many passes the run makes (or a function of the
+    training images' count giving it), which data.stream=auto weighs against decoding once; None: unknown."""
     spec = DataSpec.parse(spec)
     kind, path = spec.kind, spec.target
     if options.stream not in STREAM_MODES:
@@ -124,10 +125,11 @@ def load_classification(spec: str | DataSpec, data_dir: str | None = None, optio
         log.info("data: ILSVRC-2012 layout %s, %d train / %d val images, streamed", path, len(train), len(val))
     else:
         train, val = _folder_lists(path, options.val_path)
-        why = _why_stream(len(train) + len(val), image_size, channels, options)
-        if why is None:
-            log.info("data: %d images in %s held in memory at %d px (data.stream=auto; =on streams them)",
-                     len(train) + len(val), path, image_size)
+        epochs = planned_epochs(len(train)) if callable(planned_epochs) else planned_epochs
+        streamed, why = memory.choose_stream([*train.files, *val.files], image_size, channels, options, epochs)
+        if not streamed:
+            log.info("data: %d images in %s held in memory at %d px (%s)", len(train) + len(val), path, image_size,
+                     why)
             return datasets.load_image_folder(path, image_size, channels, strict, options.val_path)
         log.info("data: %d images in %s streamed at %d px (%s)", len(train) + len(val), path, train_t.crop, why)
     make = lambda d: stream.StreamSet(d, train_t, eval_t, strict=strict, workers=options.workers,  # noqa: E731
@@ -143,23 +145,6 @@ def _folder_lists(path: str, val_path: str | None) -> tuple[stream.FileList, str
     tr, te = datasets.split_90_10(len(train))
     pick = lambda ix: dataclasses.replace(train, files=train.files[ix], labels=train.labels[ix])  # noqa: E731
     return pick(tr), pick(te)
-
-
-def _why_stream(n: int, size: int, channels: int, o: StreamOptions) -> str | None:
-    """Why an image folder is streamed, or None to hold it in memory."""
-    if o.stream == "on":
-        return "data.stream=on"
-    if o.stream == "off":
-        if o.auto_augment != "none" or o.random_erase > 0:
-            raise ConfigError("stream='off' cannot apply auto_augment or random_erase: they work on streamed data")
-        return None
-    if o.auto_augment != "none" or o.random_erase > 0:
-        return "data.stream=auto: auto_augment / random_erase work on streamed data"
-    if n > MAX_IN_MEMORY:
-        return f"data.stream=auto: more than {MAX_IN_MEMORY} images; data.stream=off holds them in memory"
-    if n * channels * size * size > MEMORY_BUDGET:
-        return f"data.stream=auto: more than {MEMORY_BUDGET >> 20} MiB in memory; data.stream=off holds them there"
-    return None
 
 
 def with_background(data):

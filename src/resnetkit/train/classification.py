@@ -31,7 +31,7 @@ def load_data(cfg: TrainConfig):
     `eval_subset` keeps the first eval images."""
     c = cfg.data
     try:
-        train, test = load_classification(DataSpec.parse(c.name), c.data_dir, c)  # c is a StreamOptions
+        train, test = load_classification(DataSpec.parse(c.name), c.data_dir, c, _planned_epochs(cfg))
     except (ConfigError, MissingFileError) as e:  # an unknown dataset, a missing folder: say which keys
         raise config_error(str(e), ("data.name", "data.data_dir", "data.stream", "data.val_path"),
                            cls=type(e)) from None
@@ -51,6 +51,22 @@ def load_data(cfg: TrainConfig):
     if c.eval_subset and c.eval_subset < len(test):
         test = test.subset(c.eval_subset)
     return train, test
+
+
+def _planned_epochs(cfg: TrainConfig):
+    """The passes over the training images the schedule makes, as a function of their count (None for a
+    budget in minutes: not known before the speed is): what data.stream=auto weighs decoding once against."""
+    s, b = cfg.schedule, cfg.data.batch_size
+    if s.budget_min > 0 and s.steps <= 0:
+        return None
+    steps = s.steps if s.steps > 0 else None
+    if steps is not None and s.max_steps > 0:
+        steps = min(steps, s.max_steps)
+
+    def epochs(n_train: int) -> float:
+        full = steps * b / max(1, n_train) if steps is not None else s.epochs
+        return min(full, s.max_steps * b / max(1, n_train)) if s.max_steps > 0 else full
+    return epochs
 
 
 # Below this many planned epochs an unset data.pad means no pad-and-crop. Tuned on a 5,000-image validation split
