@@ -64,6 +64,7 @@ def _planned_epochs(cfg: TrainConfig):
         steps = min(steps, s.max_steps)
 
     def epochs(n_train: int) -> float:
+        n_train = min(n_train, cfg.data.subset) if cfg.data.subset else n_train  # data.subset trains on fewer
         full = steps * b / max(1, n_train) if steps is not None else s.epochs
         return min(full, s.max_steps * b / max(1, n_train)) if s.max_steps > 0 else full
     return epochs
