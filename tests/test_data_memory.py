@@ -45,19 +45,23 @@ def peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
+OPTS = StreamOptions(image_size=SIZE)
+
+
 def test_in_memory_folder_peaks_at_about_its_decoded_size(photos):
     # The peak's growth from 100 to 400 images, per image, so that constant scratch cancels (the statistics count
     # 64 images of 64 px at a time). Whole-array float64 copies made it ~17x the decoded size, np.stack or
     # x[train] ~2x; now it is ~1.0x.
-    load = lambda n: load_classification(f"folder:{photos[n]}", image_size=SIZE,  # noqa: E731
-                                         options=StreamOptions(stream="off"))
+    load = lambda n: load_classification(f"folder:{photos[n]}",  # noqa: E731
+                                         options=StreamOptions(stream="off", image_size=SIZE))
     slope = (peak_bytes(lambda: load(400)) - peak_bytes(lambda: load(100))) / 300
     decoded = 3 * SIZE * SIZE
     assert slope < 1.5 * decoded, f"{slope:.0f} bytes per image at the peak, decoded {decoded}"
 
 
 def test_statistics_and_split_are_those_of_a_float64_reference(photos):
-    train, test = load_classification(f"folder:{photos[100]}", image_size=SIZE, options=StreamOptions(stream="off"))
+    train, test = load_classification(f"folder:{photos[100]}",
+                                      options=StreamOptions(stream="off", image_size=SIZE))
     x, y, _ = read_folder(photos[100], SIZE)
     tr, te = split_90_10(len(y))  # the fixed 90/10 split: train and test rows as x[tr], x[te] gave them
     assert np.array_equal(train.images.numpy(), x[tr]) and np.array_equal(test.images.numpy(), x[te])
@@ -77,21 +81,21 @@ def test_measured_cost_per_image_is_the_decoded_size(photos):
 def test_auto_weighs_memory_and_decode_time(photos, caplog, monkeypatch):
     spec = f"folder:{photos[100]}"
     with caplog.at_level(logging.INFO, logger="resnetkit.data"):
-        held, _ = load_classification(spec, image_size=SIZE, planned_epochs=50)
+        held, _ = load_classification(spec, options=OPTS, planned_epochs=50)
     assert isinstance(held, ImageSet)
     assert "KiB per image measured" in caplog.text and "x 50.00 planned epochs" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="resnetkit.data"):  # a fraction of an epoch: decoding all is waste
-        short, _ = load_classification(spec, image_size=SIZE, planned_epochs=0.1)
+        short, _ = load_classification(spec, options=OPTS, planned_epochs=0.1)
     assert not isinstance(short, ImageSet) and "streaming decodes less" in caplog.text
     # Memory: 100 images need ~1.2 MiB; with 2 MiB available, at most half may be held.
     monkeypatch.setattr(memory, "available_memory", lambda: 2 << 20)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="resnetkit.data"):
-        big, _ = load_classification(spec, image_size=SIZE)
+        big, _ = load_classification(spec, options=OPTS)
     assert not isinstance(big, ImageSet) and "in memory would not fit" in caplog.text
     with pytest.raises(ConfigError, match=r"stream='off': 100 images at 64 px would hold 1\.2 MiB"):
-        load_classification(spec, image_size=SIZE, options=StreamOptions(stream="off"))
+        load_classification(spec, options=StreamOptions(stream="off", image_size=SIZE))
 
 
 def test_cli_refuses_stream_off_that_does_not_fit(photos, tmp_path, monkeypatch, capsys):

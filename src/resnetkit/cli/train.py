@@ -96,6 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop after N evaluations without improvement of --keep-best (run.early_stop)")
     p.add_argument("--clip-grad-norm", type=float, metavar="X", help="clip the gradients' global L2 norm to X "
                                                                     "(optim.clip_grad_norm)")
+    p.add_argument("--log", metavar="tensorboard,mlflow", help="report the run to these trackers (run.log): "
+                   "TensorBoard event files in RUN/tensorboard, MLflow in sqlite:///RUN/mlflow.db (or run.mlflow_uri)")
     p.add_argument("--class-weights", metavar="auto|none|FILE", help="classification: per-class loss weights, auto "
                    "= inverse frequency N/(K n_k), or a JSON list (data.class_weights)")
     p.add_argument("--dry-run", action="store_true", help="prepare the run (data read, automatic choices made), print "
@@ -148,7 +150,8 @@ FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out"
          "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
          "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
          "threads": "run.threads", "head_lr_mult": "optim.head_lr_mult", "optimizer": "optim.name",
-         "keep_best": "run.keep_best", "early_stop": "run.early_stop", "clip_grad_norm": "optim.clip_grad_norm",
+         "log": "run.log", "keep_best": "run.keep_best", "early_stop": "run.early_stop",
+         "clip_grad_norm": "optim.clip_grad_norm",
          "model": "model", "data": "data", "init": "init",
          # classification
          "data_dir": "data.data_dir", "strict": "data.strict", "freeze_stages": "model.freeze_stages",

@@ -185,6 +185,7 @@ def trainer_state(t) -> dict:
         "epoch_sums": t.epoch_sums,  # this rank's; save_checkpoint stores the sum over all ranks
         "epoch_seconds": t.epoch_seconds,
         "selection": t.selection.state_dict(),
+        "loggers": t.loggers.state_dict(),
         "rng": rng_state(),
         "torch_version": str(torch.__version__),
     }
@@ -211,4 +212,5 @@ def restore(t, state: dict, path: Path) -> None:
     t.epoch_seconds = float(state["epoch_seconds"])
     if isinstance(state.get("selection"), dict):  # checkpoints before run.keep_best have none
         t.selection.load_state_dict(state["selection"])
+    t.loggers.load_state_dict(state.get("loggers"))
     set_rng_state(state["rng"])

@@ -31,6 +31,7 @@ import tomllib
 from resnetkit._helpers import did_you_mean
 from resnetkit.data.sources import AUTO_AUGMENTS, STREAM_MODES, StreamOptions
 from resnetkit.errors import ConfigError, MissingFileError, UserError
+from resnetkit.train.loggers import parse_loggers
 from resnetkit.train.recipes import load_recipe
 
 # -- the sections every task shares ---------------------------------------------------------------
@@ -129,6 +130,8 @@ class RunConfig:
     # mIoU when evaluating on a validation split, else none; or a metric name (test_err, test_loss, val_miou).
     keep_best: str = "auto"
     early_stop: int = 0  # stop after this many evaluations without improvement of run.keep_best (0 = never)
+    log: str = ""  # experiment trackers, comma-separated: tensorboard, mlflow (resnetkit.train.loggers)
+    mlflow_uri: str | None = None  # MLflow tracking store; None: sqlite:///RUN_DIR/mlflow.db
 
     def check(self, cfg: TrainConfig) -> None:
         """The run.* keys."""
@@ -140,6 +143,10 @@ class RunConfig:
         _in_range(cfg, "run.log_every", 1, MAX_STEPS, whole=True)
         _plain_name(cfg, "run.keep_best", "auto, none or an evaluation metric, e.g. test_err or val_miou")
         _in_range(cfg, "run.early_stop", 0, MAX_STEPS, whole=True)
+        try:
+            parse_loggers(self.log)
+        except ConfigError as e:
+            raise config_error(str(e).removeprefix(f"run.log={self.log}: "), ("run.log",)) from None
         _require(self.early_stop == 0 or self.keep_best != "none",
                  f"run.early_stop={self.early_stop} needs a metric to watch; run.keep_best is none", "run.early_stop",
                  "run.keep_best")
@@ -345,7 +352,8 @@ SECTIONS = ("model", "data", "optim", "schedule", "run")
 # stops (schedule.max_steps stops early while the learning rates follow the whole schedule, so moving it
 # changes no step). Any other change would make the continued run differ from the one its checkpoint began
 # (learning rates, data order, numerics), so it is refused by name.
-RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "data.workers", "schedule.max_steps")
+RESUMABLE = ("run.out", "run.threads", "run.log_every", "data.data_dir", "data.workers", "schedule.max_steps",
+             "run.log", "run.mlflow_uri")
 
 # The allowed values, defined once: the checks below and the CLI's choices use these.
 OPTIMIZERS = ("sgd", "adamw")

@@ -151,6 +151,7 @@ class RunDir:
         self.created: list[Path] = []  # folders this run made (removed again by discard)
         self.config_written = False  # config.json says what this process trains
         self.pending: list[dict] = []  # steps.jsonl rows logged since the last write
+        self.flushed: list[dict] = []  # ... and the ones the last checkpoint wrote (for the loggers)
 
     def file(self, name: str) -> Path:
         return self.path / name
@@ -284,7 +285,7 @@ class RunDir:
                 except OSError:
                     pass
             raise
-        self.saved_step, self.pending = state["step"], []
+        self.saved_step, self.flushed, self.pending = state["step"], self.pending, []
 
     def discard_if_new(self) -> None:
         """A new run that never checkpointed leaves nothing behind."""

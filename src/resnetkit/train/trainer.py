@@ -36,6 +36,7 @@ from resnetkit.errors import CheckpointError, UserError
 from resnetkit.train import checkpoint, distributed
 from resnetkit.train.config import TrainConfig
 from resnetkit.train.evaluate import autocast
+from resnetkit.train.loggers import Loggers
 from resnetkit.train.optim import EMA, build_optimizer
 from resnetkit.train.prepare import PreparedRun, prepare
 from resnetkit.train.rundir import BEST, CHECKPOINT, WEIGHTS, RunDir
@@ -68,6 +69,7 @@ class Trainer:
         self.epoch_seconds = 0.0
         self.total = self._initial_total()  # the schedule's length; the learning rates follow it
         self.selection = Selection.for_config(cfg)  # run.keep_best / run.early_stop, kept in the checkpoint
+        self.loggers = Loggers(self.run_dir.path, cfg, self.d.main)  # run.log: TensorBoard, MLflow
         self.planner = None
         if run.state is not None:
             self._restore(run.state)
@@ -82,6 +84,7 @@ class Trainer:
         self.ddp_model = distributed.wrap(self.model, self.d, cfg.model.sync_bn)
         self.train_model = torch.compile(self.ddp_model) if cfg.run.compile else self.ddp_model
         self.stop_signal: int | None = None
+        self.grad_norm = float("nan")  # the global gradient norm at the last logged step
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -128,6 +131,7 @@ class Trainer:
         sums = self.global_epoch_sums()
         if self.d.main:
             self.run_dir.write_checkpoint({**self.state_dict(), "epoch_sums": sums})
+            self.loggers.log(self.run_dir.flushed, None)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -153,9 +157,10 @@ class Trainer:
                 loss = task.loss(out, y)
                 self.scaler.scale(loss / accum).backward()  # fp16 only scales; otherwise the loss as is
             sums += task.batch_sums(out.detach(), y, loss.detach())
-        if cfg.optim.clip_grad_norm > 0:
-            self.scaler.unscale_(self.optimizer)  # fp16: clip the true gradients
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.clip_grad_norm)
+        if cfg.optim.clip_grad_norm > 0 or (self.step + 1) % cfg.run.log_every == 0:
+            self.scaler.unscale_(self.optimizer)  # fp16: the true gradients; the norm goes to steps.jsonl
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), cfg.optim.clip_grad_norm if cfg.optim.clip_grad_norm > 0 else float("inf")))
         self.scaler.step(self.optimizer)  # fp16: skips a step whose gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -220,7 +225,7 @@ class Trainer:
                     self.run_dir.log_step({"step": self.step, "epoch": round(self.epoch + self.batch_in_epoch /
                                                                              self.spe, 4),
                                            "train_loss": self.task.train_metrics(window.cpu())["train_loss"],
-                                           "lr": lr, "img_s": rate})
+                                           "lr": lr, "img_s": rate, "grad_norm": self.grad_norm})
                 window.zero_()
             if self._stop_requested():
                 self.epoch_sums, self.epoch_seconds = sums.cpu(), before + self.clock() - t0
@@ -258,6 +263,7 @@ class Trainer:
             self.run_dir.commit(row, self.task.PANELS, {**self.state_dict(), "epoch_sums": sums},
                                 (lambda path: self._save_weights(path, row)) if final else None,
                                 (lambda path: self._save_weights(path, row, self.selection.card())) if best else None)
+            self.loggers.log(self.run_dir.flushed, row)
             log.info("epoch %d step %d/%d | %s | lr %.4g | %.0f img/s | %.0f s", self.epoch, self.step, self.stop_at,
                      self.task.summary(row), row["lr"], row["img_s"], row["time_s"])
         return row
@@ -271,6 +277,7 @@ class Trainer:
                 self.run_dir.open(self.cfg.to_dict(), self.cfg.task, self.epoch, self.step)
                 log.info("training %s, %d steps/epoch, %d steps, device %s x%d -> %s", self.task.describe(),
                          self.spe, self.stop_at, self.d.device, self.d.world, self.run_dir.path)
+            self.loggers.start(self.step)
             for h in self.hooks:
                 if hasattr(h, "on_fit_start"):
                     h.on_fit_start(self)
@@ -287,6 +294,7 @@ class Trainer:
                 self.run_dir.discard_if_new()
             raise
         finally:
+            self.loggers.close()
             for s, h in old.items():
                 signal.signal(s, h)
         return self.finish(row)
