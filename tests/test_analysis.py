@@ -40,3 +40,45 @@ def test_ece_and_the_most_confident_mistakes():
     b = Analysis()
     b.add(images, torch.tensor([[logit, 0.0]] * 10), torch.zeros(10, dtype=torch.long))
     assert b.calibration()["ece"] == pytest.approx(0.1) and b.mistakes() == []
+
+
+def test_temperature_is_the_nll_minimiser():
+    from resnetkit.train.calibrate import fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 5, (2000,), generator=g)
+    true_logits = torch.randn(2000, 5, generator=g) + 3 * torch.nn.functional.one_hot(y, 5)
+    labels = torch.distributions.Categorical(logits=true_logits).sample()  # drawn from softmax(true_logits)
+    t = fit_temperature(3 * true_logits, labels)  # three times overconfident
+    assert t == pytest.approx(3, rel=0.1)
+    nll = lambda s: float(torch.nn.functional.cross_entropy(3 * true_logits / s, labels))  # noqa: E731
+    assert nll(t) <= min(nll(1.0), nll(t * 1.05), nll(t / 1.05)) + 1e-9
+
+
+def test_eval_calibrate_through_the_cli(tmp_path, capsys):
+    """A digits run with a hold-out; eval --calibrate fits T there, writes model_calibrated.safetensors whose
+    predictions are the original's with probabilities softmax(logits / T), and reports ECE before and after."""
+    import json
+
+    from resnetkit.cli import main
+    from resnetkit.weights import load, read_card
+
+    run = tmp_path / "r"
+    assert main(["train", "--data", "digits", "--model", "resnet20", "--epochs", "3", "--lr", "0.2",
+                 "--threads", "1", "--set", "data.holdout=300", "--out", str(run)]) == 0
+    assert main(["eval", "--weights", str(run / "model.safetensors"), "--data", "digits", "--calibrate",
+                 "--backend", "eager", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "temperature" in out and "fitted on the last 300 training images of digits" in out
+    card = read_card(tmp_path / "ev" / "model_calibrated.safetensors")
+    t, fit = card.extra["temperature"], card.extra["calibration"]
+    assert t > 0 and fit["nll_after"] <= fit["nll_before"] and fit["n"] == 300
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["calibration"]["temperature"] == t and "test_ece_uncalibrated" in result
+    a, b = load(run / "model.safetensors"), load(tmp_path / "ev" / "model_calibrated.safetensors")
+    x = torch.randn(8, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(b(x), a(x) / t, atol=1e-5)
+    assert main(["eval", "--weights", str(run / "model.safetensors"), "--data", "digits", "--calibrate-on",
+                 "digits", "--out", str(tmp_path / "ev2")]) == 2
+    assert "add --calibrate" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from resnetkit._helpers import atomic_write_json, check_output
 from resnetkit.errors import UserError
 from resnetkit.export import BACKENDS, explain, predict, predict_folder, segment
 from resnetkit.train import evaluate_file
+from resnetkit.train.calibrate import calibrate_file
 from resnetkit.train.report import plot_confusion
 from resnetkit.weights import read_card
 
@@ -33,7 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="segmentation: the split to evaluate (default val)")
     p.add_argument("--tta", choices=["flip", "multiscale"], help="test-time augmentation: flip (the image and its "
                    "mirror), multiscale (segmentation: 0.75/1/1.25x and mirrors)")
-    p.add_argument("--out", help="folder for eval.json and confusion_matrix.png (default: next to the weights)")
+    p.add_argument("--out", help="folder for eval.json, confusion_matrix.png, reliability.png and worst.png (default: "
+                                 "next to the weights)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fit a temperature on a validation split (never the test split: the run's data.holdout, or "
+                        "--calibrate-on), write OUT/model_calibrated.safetensors and evaluate it; ECE before and after")
+    p.add_argument("--calibrate-on", metavar="SPEC", help="the validation data for --calibrate (its evaluation split)")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--backend", default="auto", choices=BACKENDS, help=BACKEND_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -100,8 +106,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     seg = read_card(args.weights).task == "segmentation"
     outputs = [out / "eval_segmentation.json"] if seg else [out / n for n in ("eval.json", "confusion_matrix.png",
                                                                                "reliability.png", "worst.png")]
-    for p in outputs:  # before the (long) evaluation, not after it
+    if args.calibrate_on and not args.calibrate:
+        raise UserError("--calibrate-on is the validation data of --calibrate; add --calibrate")
+    if args.calibrate and seg:
+        raise UserError("--calibrate fits a classifier's temperature; this is a segmentation weights file")
+    calibrated = out / "model_calibrated.safetensors"
+    for p in outputs + ([calibrated] if args.calibrate else []):  # before the (long) evaluation, not after it
         check_output(p, inputs=[args.weights, args.data], overwrite=args.overwrite)
+    before = None
+    if args.calibrate:
+        before = evaluate_file(args.weights, args.data, data_dir=args.data_dir, backend=args.backend,
+                               batch_size=args.batch_size, allow_nonfinite=args.allow_nonfinite, tta=args.tta,
+                               device=args.device)["ece"]
+        fit = calibrate_file(args.weights, calibrated, val=args.calibrate_on, data_dir=args.data_dir,
+                             allow_nonfinite=args.allow_nonfinite)
+        print(f"temperature {fit['temperature']:.4f} fitted on {fit['val']} ({fit['n']} images): NLL "
+              f"{fit['nll_before']:.4f} -> {fit['nll_after']:.4f}, ECE {100 * fit['ece_before']:.2f}% -> "
+              f"{100 * fit['ece_after']:.2f}%; wrote {calibrated}")
+        args.weights = str(calibrated)
     result = evaluate_file(args.weights, args.data, data_dir=args.data_dir, split=args.split, backend=args.backend,
                            batch_size=args.batch_size, allow_nonfinite=args.allow_nonfinite, tta=args.tta,
                            device=args.device, figures=None if seg else out)
@@ -115,6 +137,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             print(f"  {n:<{width}}  IoU {iou:.4f}" if iou == iou else f"  {n:<{width}}  IoU   n/a (absent)")
         print(f"wrote {path}")
         return 0
+    if before is not None:
+        result = {**result, "test_ece_uncalibrated": before,
+                  "calibration": read_card(args.weights).extra["calibration"]}
+        print(f"test ECE {100 * before:.2f}% uncalibrated -> {100 * result['ece']:.2f}% with the temperature")
     path = atomic_write_json(outputs[0], result)
     plot_confusion(np.asarray(result["confusion_matrix"]), names, outputs[1])
     print(f"{args.data} test: {result['n']} images  top-1 {100 * result['top1']:.2f}%  "

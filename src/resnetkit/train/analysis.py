@@ -50,7 +50,7 @@ class Analysis:
         conf, pred = prob.max(1)
         self.conf.append(conf.cpu())
         self.correct.append((pred == y).cpu())
-        wrong = (pred != y).nonzero().flatten().tolist()
+        wrong = (pred != y).nonzero().flatten().tolist() if self.worst else []
         for i in wrong:
             item = (float(conf[i]), self.seen + i, images[i].cpu(), int(y[i]), int(pred[i]))
             if len(self.heap) < self.worst:
@@ -88,12 +88,12 @@ def plot_reliability(calibration: dict, path, title: str = "reliability") -> Non
     width = 1 / len(calibration["bins"])
     ax.bar([b["lo"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge", edgecolor="black",
            color="tab:blue", label="accuracy")
-    ax.bar([b["lo"] for b in bins], [b["confidence"] - b["accuracy"] for b in bins],
-           bottom=[b["accuracy"] for b in bins], width=width, align="edge", color="tab:red", alpha=0.3,
-           label="gap to confidence")
+    ax.bar([b["lo"] for b in bins], [abs(b["confidence"] - b["accuracy"]) for b in bins],
+           bottom=[min(b["accuracy"], b["confidence"]) for b in bins], width=width, align="edge", color="none",
+           edgecolor="tab:red", hatch="//", label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "--", color="gray")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-           title=f"{title}: ECE {100 * calibration['ece']:.2f}%")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.set_title(f"{title}\nECE {100 * calibration['ece']:.2f}%", fontsize=9)
     ax.legend(loc="upper left")
     fig.tight_layout()
     save_figure(fig, path)
