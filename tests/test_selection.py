@@ -160,3 +160,20 @@ def test_the_step_log_and_its_curve_survive_a_resume(tmp_path):
     assert [s["step"] for s in steps] == list(range(2, 17, 2))
     assert steps[3]["epoch"] == 1.0 and all(s["train_loss"] > 0 and s["lr"] >= 0 for s in steps)
     assert (tmp_path / "b" / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_lr_find_through_the_cli(tmp_path, capsys):
+    """train --lr-find DIR: the range test on the run's own model and data; a plot, the figures and a suggestion,
+    no run folder; a second time into the same folder is refused (no overwriting)."""
+    out = tmp_path / "lrf"
+    argv = ["train", "--data", "digits", "--model", "resnet20", "--batch-size", "64", "--epochs", "1", "--threads",
+            "1", "--out", str(tmp_path / "run"), "--lr-find", str(out)]
+    assert main(argv) == 0
+    assert "suggested learning rate" in capsys.readouterr().out
+    found = json.loads((out / "lr_find.json").read_text())
+    lrs = found["lr"]
+    assert lrs[0] == pytest.approx(1e-6) and all(b > a for a, b in zip(lrs, lrs[1:])) and 10 <= found["steps"] <= 100
+    assert found["suggestion"] in lrs and found["min_loss_lr"] in lrs
+    assert min(found["loss"]) < found["loss"][0]  # the loss fell somewhere along the way
+    assert (out / "lr_find.png").stat().st_size > 10_000 and not (tmp_path / "run").exists()
+    assert main(argv) == 2 and "lr_find" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from resnetkit.errors import ConfigError, MissingFileError, UserError
 from resnetkit.models import TASKS
 from resnetkit.train import RESUMABLE, RunRequest, prepare, train
 from resnetkit.train.config import AMP_MODES, OPTIMIZERS, OUTPUT_STRIDES, SEG_HEADS, SEG_LOSSES
+from resnetkit.train.lr_find import lr_find
 from resnetkit.train.prepare import dry_run
 from resnetkit.train.recipes import list_recipes
 
@@ -100,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "TensorBoard event files in RUN/tensorboard, MLflow in sqlite:///RUN/mlflow.db (or run.mlflow_uri)")
     p.add_argument("--class-weights", metavar="auto|none|FILE", help="classification: per-class loss weights, auto "
                    "= inverse frequency N/(K n_k), or a JSON list (data.class_weights)")
+    p.add_argument("--lr-find", metavar="DIR", help="instead of training: the learning-rate range test (Smith 2017) "
+                   "on this run's model and data; writes DIR/lr_find.png and lr_find.json and prints a suggestion")
     p.add_argument("--dry-run", action="store_true", help="prepare the run (data read, automatic choices made), print "
                    "the resolved config and the automatic choices with their reasons as JSON, and exit")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -174,6 +177,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         if args.dry_run:
             print(json.dumps(dry_run(request), indent=2))
+            return 0
+        if args.lr_find:
+            found = lr_find(prepare(request), args.lr_find)
+            print(f"suggested learning rate {found['suggestion']:.3g} (steepest fall of the smoothed loss; lowest "
+                  f"loss at {found['min_loss_lr']:.3g}; {found['steps']} steps); wrote {args.lr_find}/lr_find.png "
+                  f"and lr_find.json; train with --lr {found['suggestion']:.3g}")
             return 0
         result = train(prepare(request))
     except (ConfigError, MissingFileError) as e:

@@ -135,10 +135,11 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
 
-    def train_step(self, i: int, idx: torch.Tensor) -> torch.Tensor:
-        """One optimizer step on global batch `idx` (batch `i` of the epoch); returns this rank's sums."""
+    def train_step(self, i: int, idx: torch.Tensor, lr: float | None = None) -> torch.Tensor:
+        """One optimizer step on global batch `idx` (batch `i` of the epoch) at the schedule's learning rate (or
+        `lr`: the range test); returns this rank's sums."""
         cfg, d, task = self.cfg, self.d, self.task
-        lr = lr_at(self.step, self.total, cfg.optim.lr, cfg.schedule)
+        lr = lr_at(self.step, self.total, cfg.optim.lr, cfg.schedule) if lr is None else lr
         for g in self.optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)  # optim.head_lr_mult (checkpoints before it have none)
         # Draws for the whole global batch, so they do not depend on the number of processes.
