@@ -177,3 +177,32 @@ def test_lr_find_through_the_cli(tmp_path, capsys):
     assert min(found["loss"]) < found["loss"][0]  # the loss fell somewhere along the way
     assert (out / "lr_find.png").stat().st_size > 10_000 and not (tmp_path / "run").exists()
     assert main(argv) == 2 and "lr_find" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18", "resnet_v2_50", "resnext50_32x4d", "deeplabv3_resnet20"])
+def test_grad_checkpointing_gives_the_same_gradients(name, monkeypatch):
+    """set_grad_checkpointing on every family (one ResNet class; segmentation through its backbone): the
+    same loss and gradients, with the units' activations recomputed in the backward pass."""
+    import resnetkit
+
+    torch.manual_seed(0)
+    seg = name.startswith("deeplab")
+    m = resnetkit.create_model(name, num_classes=3, **({} if seg else {}))
+    size = 33 if seg else (32 if name == "resnet20" else 64)
+    x = torch.randn(2, 3, size, size)
+    grads = []
+    for on in (False, True):
+        m.zero_grad()
+        m.set_grad_checkpointing(on)
+        state = {k: v.clone() for k, v in m.state_dict().items()}  # BN statistics as they were
+        out = m.train()(x)
+        out.float().square().mean().backward()
+        grads.append([p.grad.clone() for p in m.parameters() if p.grad is not None])
+        m.load_state_dict(state)
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(*grads))
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda f, *a, **k: (calls.append(f), real(f, *a, **k))[1])
+    m(x)
+    assert len(calls) == sum(len(units) for units in (m.backbone if seg else m).blocks)  # every residual unit

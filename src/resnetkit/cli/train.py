@@ -106,6 +106,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="prepare the run (data read, automatic choices made), print "
                    "the resolved config and the automatic choices with their reasons as JSON, and exit")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--grad-checkpointing", action="store_true", default=None,
+                   help="recompute each residual unit's activations in the backward pass: less memory, more time "
+                        "(run.grad_checkpointing)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-repeatable runs and resumes)")
     p.add_argument("--strict", action="store_true", default=None, help="image folders: fail on unreadable images")
@@ -152,6 +155,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 FLAGS = {"epochs": "schedule.epochs", "budget_min": "schedule.budget_min", "out": "run.out", "seed": "run.seed",
          "batch_size": "data.batch_size", "lr": "optim.lr", "subset": "data.subset", "amp": "run.amp",
          "channels_last": "run.channels_last", "compile": "run.compile", "deterministic": "run.deterministic",
+         "grad_checkpointing": "run.grad_checkpointing",
          "threads": "run.threads", "head_lr_mult": "optim.head_lr_mult", "optimizer": "optim.name",
          "log": "run.log", "keep_best": "run.keep_best", "early_stop": "run.early_stop",
          "clip_grad_norm": "optim.clip_grad_norm",

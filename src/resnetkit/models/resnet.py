@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from resnetkit.layers import NORMS, MaxPool2dSame, norm2d
@@ -230,7 +231,15 @@ class ResNet(nn.Module):
             x = self.conv1(x)
             if self.pool1 is not None:
                 x = self.pool1(x)
-        x = self.blocks(x)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            # Each residual unit's activations are recomputed in the backward pass instead of kept (timm's
+            # set_grad_checkpointing): less memory for more compute. BatchNorm's running statistics see the
+            # recomputed forward too, as in timm.
+            for units in self.blocks:
+                for unit in units:
+                    x = torch.utils.checkpoint.checkpoint(unit, x, use_reentrant=False)
+        else:
+            x = self.blocks(x)
         if self.postnorm is not None:
             x = F.relu(self.postnorm(x))
         return x
@@ -305,6 +314,12 @@ class ResNet(nn.Module):
                 ep[f"{s}/spatial_squeeze"] = x
             ep["predictions"] = torch.softmax(x, dim=1)
         return x, ep
+
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each residual unit's activations in the backward pass (timm's name for it)."""
+        self.grad_checkpointing = bool(enable)
 
     def reset_classifier(self, num_classes: int | None) -> None:
         """Replace the logits layer with a new one of `num_classes` outputs (None removes it), initialised as

@@ -240,6 +240,10 @@ class SegModel(nn.Module):
                     m.eval()
         return self
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the backbone's residual units in the backward pass (resnetkit.models.ResNet's)."""
+        self.backbone.set_grad_checkpointing(enable)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)  # (N, C, H/s, W/s)
 

@@ -124,6 +124,7 @@ class RunConfig:
     # auto: on a GPU by capability, on a CPU by timing a few steps each way at start-up (recorded, like amp)
     channels_last: bool | str = "auto"  # true | false | "auto"
     compile: bool = False
+    grad_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more compute
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     log_every: int = 20  # steps between progress updates and non-finite checks
     # Keep model_best.safetensors by this evaluation metric (resnetkit.train.selection): auto = top-1 error or

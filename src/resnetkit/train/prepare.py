@@ -232,6 +232,8 @@ def _build(cfg: TrainConfig, state: dict | None, origins: dict) -> PreparedRun:
     model = task.build_model()
     if state is None:
         task.init_weights(model)  # a resumed run gets the task's state with the rest (Trainer)
+    if cfg.run.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     model.to(d.device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
