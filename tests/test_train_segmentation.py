@@ -17,8 +17,9 @@ from resnetkit.weights import load
 from tests.conftest import seg_model
 from tests.test_train import run_ok, same_weights, start_and_stop
 
+# model_best.safetensors: segmentation evaluates on its val split, so run.keep_best=auto keeps the best mIoU
 EXPECTED_FILES = {".resnetkit-run", "checkpoint.pt", "config.json", "learning_curve.png", "metrics.jsonl",
-                  "model.safetensors"}
+                  "model.safetensors", "model_best.safetensors"}
 
 
 @pytest.fixture(scope="module")

@@ -183,8 +183,8 @@ class _Engine:
                 "the model is still loading and warming up"
             raise RequestError(503, f"not ready: {why}; see /readyz", {"Retry-After": "2"})
         if self.in_flight + n > self.config.max_queue:
-            raise RequestError(503, f"queue full ({self.in_flight} images in flight, limit {self.config.max_queue}, "
-                                    "--max-queue); retry shortly", {"Retry-After": "1"})
+            raise RequestError(503, f"queue full ({self.in_flight} images in flight, max_queue="
+                                    f"{self.config.max_queue}); retry shortly", {"Retry-After": "1"})
         self.in_flight += n
         self.metrics.in_flight.set(self.in_flight)
 
