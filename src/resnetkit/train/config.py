@@ -26,9 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
-from resnetkit._helpers import did_you_mean
+from resnetkit._helpers import did_you_mean, tomllib
 from resnetkit.errors import ConfigError, MissingFileError, UserError
 from resnetkit.train.recipes import load_recipe
 
