@@ -7,8 +7,9 @@ import tempfile
 import pytest
 import torch
 
-# Two cores: keep intra-op threads at 2 and make runs repeatable.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores: keep intra-op threads at 2 and make runs repeatable; under pytest-xdist (`make test` runs
+# `-n 2`) each worker takes its share of them.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 # A fresh machine, whatever this one holds: resnetkit's caches (downloads, data sets, the backend decisions of
 # `--backend auto`) start empty in a folder of this run, set in os.environ so CLI subprocesses inherit it.
