@@ -28,8 +28,10 @@ browser:
 	    >/dev/null; \
 	fi
 
+# Two workers, one file each at a time (module fixtures are built once): the suite's long tests are training
+# runs in subprocesses, whose start-up (importing torch) would otherwise leave the second core idle.
 test: $(STAMP) lint browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py

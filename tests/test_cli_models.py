@@ -1,16 +1,21 @@
 """`resnetkit models` and `resnetkit summary` through the CLI."""
 
+import fnmatch
 import subprocess
 import sys
 
 import pytest
 
 from resnetkit.cli import main
+from resnetkit.models import list_models
 
 
 def test_models_lists_every_name_with_params_and_macs(capsys):
-    assert main(["models", "resnet*"]) == 0
+    # Six models (each is built to count its MACs), of two families: ImageNet's resnet50 and CIFAR's resnet1202.
+    pattern = "resnet[51][02]*"
+    assert main(["models", pattern]) == 0
     out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:]] == fnmatch.filter(list_models(), pattern)
     assert "resnet50 " in out and "25,557,032" in out and "4.09G" in out
     assert "resnet1202" in out and "19,421,274" in out
 

@@ -4,7 +4,6 @@ import gzip
 import io
 import logging
 import pickle
-import struct
 import tarfile
 
 import numpy as np
@@ -17,12 +16,7 @@ from resnetkit.data.idx import read_idx
 from resnetkit.data.loader import derived_generator, epoch_batches
 from resnetkit.download import DownloadError, safe_extract_tar
 from resnetkit.errors import UserError
-
-
-def idx_bytes(a: np.ndarray) -> bytes:
-    code = {np.uint8: 0x08, np.int32: 0x0C}[a.dtype.type]
-    header = b"\x00\x00" + bytes([code, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    return header + a.astype(a.dtype.newbyteorder(">")).tobytes()
+from tests.idx_data import idx_bytes, write_idx_files
 
 
 def write_idx_set(folder, n_train=6, n_test=4, gz=True):
@@ -33,10 +27,7 @@ def write_idx_set(folder, n_train=6, n_test=4, gz=True):
         "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 28, 28)).astype(np.uint8),
         "t10k-labels-idx1-ubyte": (np.arange(n_test) % 10).astype(np.uint8),
     }
-    folder.mkdir(parents=True, exist_ok=True)
-    for stem, a in arrays.items():
-        data = idx_bytes(a)
-        (folder / (stem + ".gz" if gz else stem)).write_bytes(gzip.compress(data) if gz else data)
+    write_idx_files(folder, arrays, gz=gz)
     return arrays
 
 

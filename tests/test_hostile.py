@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import gzip
 import io
 import json
 import os
@@ -40,6 +39,7 @@ from resnetkit.data.shapes import make_shapes
 from resnetkit.weights import Preprocessing, save_weights
 from tests.conftest import seg_model
 from tests.hostile import assert_refused, copy, hashes, left_in, mat, run_cli, sandbox, voc_copy
+from tests.idx_data import idx_bytes, write_idx_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -526,23 +526,13 @@ def _(w, c):
 
 
 # ====================================================================== 6. dataset files
-def _idx(a: np.ndarray) -> bytes:
-    header = b"\x00\x00\x08" + bytes([a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    return header + a.astype(np.uint8).tobytes()
-
-
 def _idx_set(w: Path, train_labels=None, test_labels=None, test_images=None, raw: dict | None = None) -> Path:
-    d = w / "fm"
-    d.mkdir()
     files = {"train-images-idx3-ubyte": np.zeros((4, 28, 28)), "train-labels-idx1-ubyte": np.arange(4) % 10,
              "t10k-images-idx3-ubyte": np.zeros((3, 28, 28)) if test_images is None else test_images,
              "t10k-labels-idx1-ubyte": np.arange(3) % 10 if test_labels is None else test_labels}
     if train_labels is not None:
         files["train-labels-idx1-ubyte"] = train_labels
-    for stem, a in files.items():
-        data = (raw or {}).get(stem, _idx(np.asarray(a)))
-        (d / f"{stem}.gz").write_bytes(gzip.compress(data))
-    return d
+    return write_idx_files(w / "fm", files, raw=raw)
 
 
 def _fm_weights(w: Path) -> Path:
@@ -556,7 +546,7 @@ DATA_CASES = {
     "count_mismatch": (lambda w: _idx_set(w, test_labels=np.array([0, 1])), "3 images but 2 labels"),
     "bad_magic": (lambda w: _idx_set(w, raw={"t10k-labels-idx1-ubyte": b"\x07\x07\x07\x07" + b"\0" * 8}),
                   "not an IDX file"),
-    "truncated_idx": (lambda w: _idx_set(w, raw={"t10k-images-idx3-ubyte": _idx(np.zeros((3, 28, 28)))[:100]}),
+    "truncated_idx": (lambda w: _idx_set(w, raw={"t10k-images-idx3-ubyte": idx_bytes(np.zeros((3, 28, 28)))[:100]}),
                       "truncated or corrupt IDX"),
     "header_claims_billions": (lambda w: _idx_set(w, raw={"t10k-images-idx3-ubyte": b"\x00\x00\x08\x03" + struct.pack(
         ">3I", 4_000_000_000, 28, 28)}), "truncated or corrupt IDX"),

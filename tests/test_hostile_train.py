@@ -20,14 +20,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import errno
-import gzip
 import io
 import json
 import logging
 import os
 import pickle
 import shutil
-import struct
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +43,7 @@ from resnetkit.train import Trainer, resolve
 from resnetkit.train.config import Origin
 from resnetkit.weights import save_weights
 from tests.hostile import StopAt, assert_refused, copy, hashes, left_in, mat, run_cli, sandbox, voc_copy
+from tests.idx_data import write_idx_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -468,22 +467,14 @@ for _id, (_build, _needle) in FOLDER_CASES.items():
 
 
 # ====================================================================== 7. datasets with wrong labels
-def _idx(a: np.ndarray) -> bytes:
-    return b"\x00\x00\x08" + bytes([a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape) + a.astype(np.uint8).tobytes()
-
-
 def _idx_set(w: Path, train_labels=None, test_labels=None) -> Path:
-    d = w / "fm"
-    d.mkdir()
     files = {"train-images-idx3-ubyte": np.zeros((4, 28, 28)), "train-labels-idx1-ubyte": np.arange(4) % 10,
              "t10k-images-idx3-ubyte": np.zeros((3, 28, 28)), "t10k-labels-idx1-ubyte": np.arange(3) % 10}
     if train_labels is not None:
         files["train-labels-idx1-ubyte"] = train_labels
     if test_labels is not None:
         files["t10k-labels-idx1-ubyte"] = test_labels
-    for stem, a in files.items():
-        (d / f"{stem}.gz").write_bytes(gzip.compress(_idx(np.asarray(a))))
-    return d
+    return write_idx_files(w / "fm", files)
 
 
 def _fm(**labels) -> Callable:

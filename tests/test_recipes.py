@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-import tomllib
 
+from resnetkit._helpers import tomllib
 from resnetkit.cli import main
 from resnetkit.train.recipes import list_recipes
 

@@ -1,4 +1,5 @@
-"""`resnetkit data make-scenes` / resnetkit.data.scenes: Fashion-MNIST items composed into VOC-layout scenes."""
+"""`resnetkit data make-scenes` / resnetkit.data.scenes: Fashion-MNIST items composed into VOC-layout scenes.
+The items come from a small idx set the tests write (tests/idx_data.py), passed with --data-dir / data_dir."""
 
 import json
 
@@ -11,16 +12,23 @@ from resnetkit.data.datasets import IDX_DATASETS
 from resnetkit.data.scenes import SceneSources, make_scene, make_scenes
 from resnetkit.data.segmentation import load_split
 from resnetkit.errors import OutputExistsError
+from tests.idx_data import fashion_like
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 FM_CLASSES = list(IDX_DATASETS["fashion_mnist"][4])
 
 
 @pytest.fixture(scope="module")
-def scenes(tmp_path_factory):
+def fm(tmp_path_factory):
+    """The idx files' folder, as a string for --data-dir."""
+    return str(fashion_like(tmp_path_factory.mktemp("fm")))
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory, fm):
     root = tmp_path_factory.mktemp("scenes") / "data"
     assert main(["data", "make-scenes", str(root), "--n-train", "6", "--n-val", "3", "--size", "48",
-                 "--seed", "3"]) == 0
+                 "--seed", "3", "--data-dir", fm]) == 0
     return root
 
 
@@ -57,14 +65,22 @@ def test_train_and_eval_read_it_unchanged(scenes, tmp_path, capsys):
     assert result["n"] == 3 and np.array(result["confusion_matrix"]).shape == (11, 11)
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    a = make_scenes(tmp_path / "a", n_train=2, n_val=1, size=40, seed=5)
-    b = make_scenes(tmp_path / "b", n_train=3, n_val=1, size=40, seed=5)  # more images: the first ones stay
-    c = make_scenes(tmp_path / "c", n_train=2, n_val=1, size=40, seed=6, backgrounds="textures")
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, fm):
+    a = make_scenes(tmp_path / "a", n_train=2, n_val=1, size=40, seed=5, data_dir=fm)
+    b = make_scenes(tmp_path / "b", n_train=3, n_val=1, size=40, seed=5, data_dir=fm)  # more images: first ones stay
+    c = make_scenes(tmp_path / "c", n_train=2, n_val=1, size=40, seed=6, backgrounds="textures", data_dir=fm)
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.suffix in (".jpg", ".png"))
     assert len(files) == 6
     assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
     assert not any((a / f).read_bytes() == (c / f).read_bytes() for f in files)
+
+
+def test_without_data_dir_the_set_is_found_in_the_data_cache(tmp_path, monkeypatch):
+    """Where `resnetkit train --data fashion-mnist` looks (conftest hides the Debian folder): $RESNETKIT_DATA."""
+    fashion_like(tmp_path / "cache" / "fashion_mnist")
+    monkeypatch.setenv("RESNETKIT_DATA", str(tmp_path / "cache"))
+    assert main(["data", "make-scenes", str(tmp_path / "out"), "--n-train", "1", "--n-val", "1", "--size", "32"]) == 0
+    assert len(list((tmp_path / "out" / "JPEGImages").glob("*.jpg"))) == 2
 
 
 def test_val_items_come_from_the_test_split_and_later_items_occlude():
@@ -93,20 +109,21 @@ def test_val_items_come_from_the_test_split_and_later_items_occlude():
     assert checked >= 2
 
 
-def test_output_policy_and_errors_are_one_line(scenes, tmp_path, capsys):
-    assert main(["data", "make-scenes", str(scenes), "--n-train", "1", "--n-val", "1", "--size", "32"]) == 2
+def test_output_policy_and_errors_are_one_line(scenes, fm, tmp_path, capsys):
+    assert main(["data", "make-scenes", str(scenes), "--n-train", "1", "--n-val", "1", "--size", "32",
+                 "--data-dir", fm]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("resnetkit: error:") and "not empty" in err and "--overwrite" in err and "\n" not in err
     with pytest.raises(OutputExistsError):
-        make_scenes(scenes, n_train=1, n_val=1, size=32)
+        make_scenes(scenes, n_train=1, n_val=1, size=32, data_dir=fm)
     before = (scenes / "JPEGImages" / "train_000000.jpg").read_bytes()
     assert main(["data", "make-scenes", str(scenes), "--n-train", "6", "--n-val", "3", "--size", "48", "--seed", "3",
-                 "--overwrite"]) == 0
+                 "--data-dir", fm, "--overwrite"]) == 0
     assert (scenes / "JPEGImages" / "train_000000.jpg").read_bytes() == before
     empty = tmp_path / "no-fm"
     empty.mkdir()
     assert main(["data", "make-scenes", str(tmp_path / "out"), "--data-dir", str(empty)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("resnetkit: error: Fashion-MNIST") and "\n" not in err and not (tmp_path / "out").exists()
-    assert main(["data", "make-scenes", str(tmp_path / "out"), "--size", "8"]) == 2
+    assert main(["data", "make-scenes", str(tmp_path / "out"), "--size", "8", "--data-dir", fm]) == 2
     assert "size 8" in capsys.readouterr().err

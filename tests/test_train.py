@@ -6,9 +6,7 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -31,6 +29,7 @@ from resnetkit.train.config import (
 from resnetkit.train.optim import EMA, param_groups
 from resnetkit.train.schedule import BudgetPlanner, lr_at, plan_total_steps
 from resnetkit.weights import Preprocessing, load, read_card, save_weights
+from tests.runs import finish, start, stop_at_first_checkpoint
 
 PRE = {"size": [8, 8], "mean": [0.3], "std": [0.37], "grayscale": True}
 
@@ -398,12 +397,6 @@ TRAIN = [sys.executable, "-m", "resnetkit", "train", "--model", "resnet20", "--d
          "--lr", "0.05", "--seed", "1", "--deterministic", "--set", "run.threads=1"]
 
 
-def run_ok(args, cwd):
-    r = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return r
-
-
 def same_weights(a, b) -> bool:
     sa, sb = load_file(a), load_file(b)
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -414,55 +407,35 @@ def losses(run_dir):
             for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())]
 
 
-def start_and_stop(args, run_dir, sig, cwd, env=None):
-    """Start a run, wait for its first checkpoint, send `sig`; return the exit code."""
-    p = subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 240
-    while not (run_dir / "checkpoint.pt").exists():
-        assert p.poll() is None, p.stderr.read()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.005)
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=120)
-    return p.returncode, err
-
-
 def test_exact_resume_after_sigkill_and_sigterm(tmp_path):
-    args = TRAIN + ["--epochs", "3", "--subset", "640"]  # 20 steps per epoch
-    run_ok(args + ["--out", "full"], tmp_path)
-
-    rc, _ = start_and_stop(args + ["--out", "killed"], tmp_path / "killed", signal.SIGKILL, tmp_path)
+    args = TRAIN + ["--epochs", "3", "--subset", "320"]  # 10 steps per epoch
+    resume = [sys.executable, "-m", "resnetkit", "train", "--resume", "--out"]
+    full, killed, term = (start(args + ["--out", name], tmp_path) for name in ("full", "killed", "term"))
+    # SIGKILL after the first checkpoint; SIGTERM likewise, which makes a checkpoint in the middle of an epoch.
+    (rc, _), (rc_term, err) = stop_at_first_checkpoint((killed, tmp_path / "killed", signal.SIGKILL),
+                                                       (term, tmp_path / "term", signal.SIGTERM))
     assert rc == -signal.SIGKILL and not (tmp_path / "killed" / "model.safetensors").exists()
-    ckpt = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
-    assert 1 <= ckpt["epoch"] < 3
-    run_ok([sys.executable, "-m", "resnetkit", "train", "--out", "killed", "--resume"], tmp_path)
-    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "killed" / "model.safetensors")
-    assert losses(tmp_path / "full") == losses(tmp_path / "killed")
-
-    # SIGTERM: a checkpoint in the middle of an epoch, a clean exit 143, and again the identical result.
-    rc, err = start_and_stop(args + ["--out", "term"], tmp_path / "term", signal.SIGTERM, tmp_path)
-    assert rc == 143 and "SIGTERM" in err and "--resume" in err and "Traceback" not in err
-    ckpt = torch.load(tmp_path / "term" / "checkpoint.pt", weights_only=True)
-    assert ckpt["step"] < 3 * 20
-    run_ok([sys.executable, "-m", "resnetkit", "train", "--out", "term", "--resume"], tmp_path)
-    assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / "term" / "model.safetensors")
-    assert losses(tmp_path / "full") == losses(tmp_path / "term")
+    assert 1 <= torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] < 3
+    assert rc_term == 143 and "SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    assert torch.load(tmp_path / "term" / "checkpoint.pt", weights_only=True)["step"] < 3 * 10
+    finish(full, start(resume + ["killed"], tmp_path), start(resume + ["term"], tmp_path))
+    for name in ("killed", "term"):  # the identical result
+        assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / name / "model.safetensors")
+        assert losses(tmp_path / "full") == losses(tmp_path / name)
 
 
 def test_ddp_two_processes_match_one(tmp_path):
     args = TRAIN[3:] + ["--epochs", "2", "--subset", "320"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                        "-m", "resnetkit", *args, "--out", "ddp"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "cpu x2" in r.stderr
+    ddp = start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                 "-m", "resnetkit", *args, "--out", "ddp"], tmp_path, env)
     # One process with the same global batch of 32 split into the same two halves of 16.
-    run_ok(TRAIN + ["--epochs", "2", "--subset", "320", "--set", "optim.grad_accum=2", "--out", "one"], tmp_path)
+    one = start(TRAIN + ["--epochs", "2", "--subset", "320", "--set", "optim.grad_accum=2", "--out", "one"], tmp_path)
+    assert "cpu x2" in finish(ddp, one)[0]
     ddp, one = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     names = {n for n, _ in small_model().named_parameters()}
     # BN running statistics are per process under DDP (rank 0's are saved), so compare the parameters.
     for n in names:
         assert torch.allclose(ddp[n], one[n], rtol=1e-5, atol=1e-6), n
-    start = small_model()  # seed 1 is the runs' seed, but the weights must have moved from any start
-    assert not torch.equal(ddp[sorted(names)[0]], start.state_dict()[sorted(names)[0]])
+    init = small_model()  # seed 1 is the runs' seed, but the weights must have moved from any start
+    assert not torch.equal(ddp[sorted(names)[0]], init.state_dict()[sorted(names)[0]])

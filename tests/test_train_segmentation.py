@@ -5,7 +5,6 @@ SIGKILL and SIGTERM, and bf16 autocast + channels_last + torch.compile + gradien
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,8 @@ from safetensors.torch import load_file
 from resnetkit.cli import main
 from resnetkit.weights import load
 from tests.conftest import seg_model
-from tests.test_train import run_ok, same_weights, start_and_stop
+from tests.runs import finish, start, stop_at_first_checkpoint
+from tests.test_train import same_weights
 
 # model_best.safetensors: segmentation evaluates on its val split, so run.keep_best=auto keeps the best mIoU
 EXPECTED_FILES = {".resnetkit-run", "checkpoint.pt", "config.json", "learning_curve.png", "metrics.jsonl",
@@ -45,17 +45,15 @@ def rows(run_dir):
 def test_ddp_two_processes_match_one(shapes, tmp_path):
     args = seg_args(shapes)[1:] + ["--epochs", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-                        "-m", "resnetkit", "train", *args, "--out", "ddp"], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "cpu x2" in r.stderr
+    ddp = start([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                 "-m", "resnetkit", "train", *args, "--out", "ddp"], tmp_path, env)
+    # One process with the same global batch of 4 split into the same two halves of 2.
+    one = start([sys.executable, "-m", "resnetkit", *seg_args(shapes), "--epochs", "2", "--set",
+                 "optim.grad_accum=2", "--out", "one"], tmp_path)
+    assert "cpu x2" in finish(ddp, one)[0]
     # Only rank 0 writes: one metrics row per epoch, no second copy of anything.
     assert set(os.listdir(tmp_path / "ddp")) == EXPECTED_FILES
     assert [x["epoch"] for x in rows(tmp_path / "ddp")] == [1, 2]
-    # One process with the same global batch of 4 split into the same two halves of 2.
-    run_ok([sys.executable, "-m", "resnetkit", *seg_args(shapes), "--epochs", "2", "--set", "optim.grad_accum=2",
-            "--out", "one"], tmp_path)
     ddp, one = load_file(tmp_path / "ddp" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
     names = {n for n, _ in seg_model("resnet20", 6, "slim", 4).named_parameters()}
     # BN running statistics are per process under DDP (rank 0's are saved), so compare the parameters.
@@ -72,22 +70,18 @@ def test_ddp_two_processes_match_one(shapes, tmp_path):
 def test_exact_resume_after_sigkill_and_sigterm(shapes, tmp_path):
     args = [sys.executable, "-m", "resnetkit", *seg_args(shapes), "--epochs", "6"]  # 12 steps
     resume = [sys.executable, "-m", "resnetkit", "train", "--resume", "--out"]
-    run_ok(args + ["--out", "full"], tmp_path)
-    full = tmp_path / "full" / "model.safetensors"
-
-    rc, _ = start_and_stop(args + ["--out", "killed"], tmp_path / "killed", signal.SIGKILL, tmp_path)
+    full, killed, term = (start(args + ["--out", name], tmp_path) for name in ("full", "killed", "term"))
+    (rc, _), (rc_term, err) = stop_at_first_checkpoint((killed, tmp_path / "killed", signal.SIGKILL),
+                                                       (term, tmp_path / "term", signal.SIGTERM))
     assert rc == -signal.SIGKILL and not (tmp_path / "killed" / "model.safetensors").exists()
     assert 1 <= torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] < 6
-    run_ok(resume + ["killed"], tmp_path)  # the task comes from the checkpoint, not from a flag
-    assert same_weights(full, tmp_path / "killed" / "model.safetensors")
-    assert rows(tmp_path / "full") == rows(tmp_path / "killed")
-
-    rc, err = start_and_stop(args + ["--out", "term"], tmp_path / "term", signal.SIGTERM, tmp_path)
-    assert rc == 143 and "SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    assert rc_term == 143 and "SIGTERM" in err and "--resume" in err and "Traceback" not in err
     assert torch.load(tmp_path / "term" / "checkpoint.pt", weights_only=True)["step"] < 12
-    run_ok(resume + ["term"], tmp_path)
-    assert same_weights(full, tmp_path / "term" / "model.safetensors")
-    assert rows(tmp_path / "full") == rows(tmp_path / "term")
+    # The task comes from the checkpoint, not from a flag.
+    finish(full, start(resume + ["killed"], tmp_path), start(resume + ["term"], tmp_path))
+    for name in ("killed", "term"):
+        assert same_weights(tmp_path / "full" / "model.safetensors", tmp_path / name / "model.safetensors")
+        assert rows(tmp_path / "full") == rows(tmp_path / name)
 
 
 def test_bf16_channels_last_compile_and_accumulation(shapes, tmp_path, monkeypatch, capsys):

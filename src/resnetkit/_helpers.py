@@ -24,6 +24,11 @@ from torch import nn
 
 from resnetkit.errors import CheckpointError, ConfigError, DataError, OutputExistsError
 
+try:  # `from resnetkit._helpers import tomllib`: the standard library's from Python 3.11, tomli (its origin) on 3.10
+    import tomllib
+except ModuleNotFoundError:
+    import tomli as tomllib  # noqa: F401
+
 
 # -- files -------------------------------------------------------------------------------------------
 @contextlib.contextmanager

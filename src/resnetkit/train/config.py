@@ -26,9 +26,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
-from resnetkit._helpers import did_you_mean
+from resnetkit._helpers import did_you_mean, tomllib
 from resnetkit.data.sources import AUTO_AUGMENTS, STREAM_MODES, StreamOptions
 from resnetkit.errors import ConfigError, MissingFileError, UserError
 from resnetkit.train.loggers import parse_loggers

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-import tomllib
-
-from resnetkit._helpers import did_you_mean
+from resnetkit._helpers import did_you_mean, tomllib
 from resnetkit.errors import ConfigError
 
 
