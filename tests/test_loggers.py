@@ -8,6 +8,7 @@ import pytest
 
 from resnetkit.cli import main
 from resnetkit.train import Trainer, resolve
+from tests.hostile import StopAt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ARGS = ["--data", "digits", "--model", "resnet20", "--batch-size", "64", "--amp", "none", "--no-channels-last",
@@ -29,14 +30,6 @@ def _mlflow(run):
     (r,) = client.search_runs([client.get_experiment_by_name("resnetkit").experiment_id])
     return client, r
 
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, trainer):
-        if trainer.step == self.step:
-            trainer.request_stop()
 
 
 def test_tensorboard_and_mlflow_through_the_cli(tmp_path):

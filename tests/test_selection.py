@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from resnetkit.cli import main
 from resnetkit.train import Trainer, resolve
 from resnetkit.weights import read_card
+from tests.hostile import StopAt
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # digits with the last 300 training images as the validation split; lr high enough that the error wobbles
@@ -53,14 +54,6 @@ def test_keep_best_auto_is_off_on_the_test_split_and_early_stop_says_why(tmp_pat
     err = capsys.readouterr().err.strip()
     assert "run.keep_best=test_acc" in err and "test_err" in err and len(err.splitlines()) == 1
 
-
-class StopAt:
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, trainer):
-        if trainer.step == self.step:
-            trainer.request_stop()
 
 
 def test_a_resumed_run_keeps_the_same_best_and_stops_at_the_same_step(tmp_path):

@@ -221,8 +221,7 @@ class RunDir:
         not yet said what it goes on with), then the checkpoint `state`. If one fails, the ones before are
         undone: the folder stays as the last checkpoint left it."""
         metrics, curves = self.file(METRICS), self.file(CURVES)
-        undo = []
-        try:
+        with _all_or_nothing() as undo:
             with self.writing(metrics, "metrics"):
                 size = report.append_metrics(metrics, row)
             undo.append(lambda: os.truncate(metrics, size))
@@ -240,13 +239,6 @@ class RunDir:
                 undo.append(self._write_config(state["config"]))
                 undo.append(lambda: setattr(self, "config_written", False))
             self.write_checkpoint(state, steps_written=True)
-        except BaseException:
-            for u in reversed(undo):
-                try:
-                    u()
-                except OSError:
-                    pass
-            raise
         for name in (WEIGHTS, BEST):
             self.file(f".{name}.prev").unlink(missing_ok=True)
 
@@ -270,27 +262,34 @@ class RunDir:
     def write_checkpoint(self, state: dict, steps_written: bool = False) -> None:
         """The checkpoint (an interrupted run: with the steps logged since the last commit; the last write of
         `commit`)."""
-        undo = []
-        try:
+        with _all_or_nothing() as undo:
             if not steps_written:
                 undo.append(self._write_steps())
             if not self.config_written:  # a resumed run stopped before its first epoch ended
                 undo.append(self._write_config(state["config"]))
             with self.writing(self.file(CHECKPOINT), "checkpoint"):
                 atomic_torch_save(state, self.file(CHECKPOINT))
-        except BaseException:
-            for u in reversed(undo):
-                try:
-                    u()
-                except OSError:
-                    pass
-            raise
         self.saved_step, self.flushed, self.pending = state["step"], self.pending, []
 
     def discard_if_new(self) -> None:
         """A new run that never checkpointed leaves nothing behind."""
         if not self.resumed and self.saved_step is None:
             discard(self.path, self.created)
+
+
+@contextmanager
+def _all_or_nothing():
+    """Yield a list of undo functions; if the block fails, run them newest first (best effort) and re-raise."""
+    undo: list[Callable[[], None]] = []
+    try:
+        yield undo
+    except BaseException:
+        for u in reversed(undo):
+            try:
+                u()
+            except OSError:
+                pass
+        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
