@@ -199,3 +199,15 @@ def test_grad_checkpointing_gives_the_same_gradients(name, monkeypatch):
     monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda f, *a, **k: (calls.append(f), real(f, *a, **k))[1])
     m(x)
     assert len(calls) == sum(len(units) for units in (m.backbone if seg else m).blocks)  # every residual unit
+
+
+def test_keep_best_auto_knows_a_validation_folder(tmp_path):
+    from resnetkit.train.selection import keep_best_metric
+
+    (tmp_path / "f" / "train").mkdir(parents=True)
+    (tmp_path / "f" / "val").mkdir()
+    (tmp_path / "g").mkdir()
+    assert keep_best_metric(resolve(flags={"data.name": f"folder:{tmp_path / 'f'}", "schedule.steps": 1}))[0] == \
+        "test_err"
+    assert keep_best_metric(resolve(flags={"data.name": f"folder:{tmp_path / 'g'}", "schedule.steps": 1}))[0] == "none"
+    assert keep_best_metric(resolve(flags={"data.name": "imagenet:/x", "schedule.steps": 1}))[0] == "test_err"

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
+from resnetkit.data.sources import DataSpec
 from resnetkit.train.config import TrainConfig, config_error
 
 LOWER_IS_BETTER = ("_err", "_loss")
@@ -29,6 +31,11 @@ def keep_best_metric(cfg: TrainConfig) -> tuple[str, str]:
         return "test_err", f"evaluation on a validation split (data.holdout={d.holdout})"
     if d.val_path:
         return "test_err", f"evaluation on a validation split (data.val_path={d.val_path})"
+    spec = DataSpec.parse(d.name)
+    if spec.kind in ("imagenet", "shards"):
+        return "test_err", f"evaluation on the {spec.kind} data's validation split"
+    if spec.kind == "folder" and Path(spec.target, "train").is_dir() and Path(spec.target, "val").is_dir():
+        return "test_err", f"evaluation on a validation folder ({Path(spec.target, 'val')})"
     return "none", "evaluation is on the test split: an epoch chosen by it would report an optimistic test error"
 
 
