@@ -1,8 +1,8 @@
 """`make demo`: train ResNet-20 on Fashion-MNIST in about five minutes on a small CPU, then evaluate
 and classify a few test images, all through the `resnetkit` command line (in-process).
 
-Leaves runs/demo/ with model.safetensors, metrics.jsonl, learning_curve.png, confusion_matrix.png,
-eval.json and samples/*.png.
+Leaves runs/demo/ with model.safetensors, metrics.jsonl, steps.jsonl, learning_curve.png, confusion_matrix.png,
+reliability.png, worst.png, eval.json and samples/*.png.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ def demo() -> None:
     print(f"\nFashion-MNIST test accuracy {100 * result['top1']:.2f}% with flip-TTA "
           f"(top-5 {100 * result['top5']:.2f}%); "
           f"wall time {time.perf_counter() - t0:.0f} s; peak RSS {peak_gib:.2f} GiB")
-    print(f"see {RUN}/: model.safetensors, metrics.jsonl, learning_curve.png, confusion_matrix.png, eval.json")
+    print(f"see {RUN}/: model.safetensors, metrics.jsonl, steps.jsonl, learning_curve.png, confusion_matrix.png, "
+          "reliability.png, worst.png, eval.json")
 
 
 if __name__ == "__main__":
