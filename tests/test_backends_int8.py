@@ -14,8 +14,8 @@ from resnetkit.export.runtimes import cpu_flags
 from tests.conftest import randomize_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}
-BF16 = {"avx512_bf16", "amx_bf16"}
+VNNI = {"avx512_vnni", "avx_vnni", "amx_int8"}  # as cpu_flags() names them: tested with and without
+BF16 = {"avx512_bf16", "amx_bf16"}  # as cpu_flags() names them
 
 
 @pytest.fixture(scope="module")

@@ -169,7 +169,8 @@ def dry_run(request: RunRequest) -> dict:
     try:
         return _build(cfg, state, origins).summary()
     except (ConfigError, MissingFileError) as e:
-        if not isinstance(e, MissingFileError):
+        data_keys = {"data.name", "data.path", "data.data_dir", "data.val_path"}
+        if not isinstance(e, MissingFileError) or not data_keys & set(getattr(e, "keys", ())):
             raise locate(e, origins) if getattr(e, "keys", ()) and not getattr(e, "origins", ()) else e from None
         log.warning("dry run: the data cannot be read (%s); the choices that need it are left open", e)
         return {**cfg.to_dict(), "automatic": {"unresolved": {"value": None, "why": f"needs the data: {e}"}}}
